@@ -1,0 +1,1 @@
+"""goracs: coreset selection for fine-tuning LLM-based recommenders."""
