@@ -1,0 +1,1 @@
+"""Model stage: backbones (causal LMs), LoRA adapters, tokenisation, the Lightning module and data module."""
