@@ -2,27 +2,17 @@
 
 Every ``metrics.json`` under the given folders (recursive) becomes one row of a DataFrame; rows with
 ``status == "ok"`` are kept (failed runs are logged with their errors). For each group (default ``data, task,
-model``) and each metric (default: every ``test/*`` metric the group reports) one table is built:
-
-* rows = ``--rows`` (default ``selection``) in a fixed method order (``METHOD_ORDER``, then others alphabetically),
-  columns = ``--cols`` (default ``budget``) in numeric order;
-* cell = ``mean ± std`` over seeds, where std is the *sample* standard deviation
-  ``sqrt(sum_i (x_i - mean)^2 / (n - 1))`` (ddof=1, pandas' default); a table whose cells hold one seed each shows the
-  mean alone, and its caption says "1 seed, no std";
-* ``full`` trains on the whole pool, so its budget means nothing: all its runs go to a single column ``all`` (first
-  column), left blank for the other methods, and its budget columns are blank (a blank is not a missing cell);
-* best mean per column (compared at the printed precision, ties all marked) in bold, using ``lower_is_better``
-  (logloss/loss and times lower, everything else higher); columns with a single value are not marked.
+model``) and each metric (default: every ``test/*`` metric the group reports) one table is built: rows ``--rows``
+(default ``selection``), columns ``--cols`` (default ``budget``), cells ``mean ± std`` over seeds, best per column in
+bold (see :mod:`goracs.report_tables` for the exact rules).
 
 A table with a missing cell or a cell whose seeds differ from the group's seeds is refused (exit code 2, every gap
 listed) unless ``--partial``: then the table starts with a line ``PARTIAL: ...``, gaps show as ``—`` and incomplete
-cells say ``(n=k)``. Two ok runs of one cell and seed are collapsed to the latest (``created_at``) when they share a
-``config_key`` (a re-run) or belong to ``full``; otherwise they are a conflict and an error.
+cells say ``(n=k)``.
 
 Outputs go to ``--out`` (default ``<first sweep dir>/report/``): ``<group>_<metric>.{md,tex,csv}`` (CSV is long
-form: one line per cell with mean, std, n, seeds, missing seeds, best), ``<group>_<metric>.png`` (metric against
-budget per method, error bars = std, ``full`` as a dashed line) and ``<group>_select_time.png`` (``select/time_s`` or
-``time/select_s`` against budget). The Markdown is also printed to stdout. Only pandas and matplotlib are imported
+form: one line per cell with mean, std, n, seeds, missing seeds, best) and the PNG plots of
+:mod:`goracs.report_plots`. The Markdown is also printed to stdout. Only pandas and matplotlib are imported
 (matplotlib lazily), so the command starts fast.
 """
 
@@ -31,29 +21,27 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
+
+from goracs.report_plots import TIME_METRICS, write_plots
+from goracs.report_tables import (FULL_COLUMN, FULL_METHOD, GAP, METHOD_ORDER, Cell, IncompleteTableError, Table,
+                                  build_table, build_tables, lower_is_better, render_latex, render_markdown,
+                                  sanitise, table_csv)
+
+__all__ = ["FULL_COLUMN", "FULL_METHOD", "GAP", "METHOD_ORDER", "TIME_METRICS", "Cell", "IncompleteTableError",
+           "Table", "build_table", "build_tables", "collect", "keep_ok", "lower_is_better", "main", "render_latex",
+           "render_markdown", "sanitise", "table_csv", "write_plots"]
 
 log = logging.getLogger(__name__)
 
-METHOD_ORDER = ("full", "random", "grand", "el2n", "ccs", "d2", "moderate", "kcenter", "goracs")
-FULL_METHOD, FULL_COLUMN, GAP = "full", "all", "—"
-TIME_METRICS = ("select/time_s", "time/select_s")
 _STRING_KEYS = ("data", "task", "model", "selection", "experiment", "status", "error", "config_key", "created_at",
                 "git_sha", "run_dir", "path")
 _INT_KEYS = ("budget", "seed", "n_selected")
 _METRIC_PREFIXES = ("test/", "val/", "select/", "time/")
-
-
-class IncompleteTableError(ValueError):
-    """A table has missing cells or unequal seed counts; the message lists every gap."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,9 +89,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.group is None:
         args.group = [k for k in ("data", "task", "model") if k not in (args.rows, args.cols)]
     return args
-
-
-# --------------------------------------------------------------------------------------------------- collection
 
 
 def collect(sweep_dirs: Sequence[Path]) -> pd.DataFrame:
@@ -161,298 +146,6 @@ def _raise_if_bad(frame: pd.DataFrame, key: str, bad: pd.Series, expected: str) 
     if bad.any():
         row = frame[bad].iloc[0]
         raise ValueError(f"{row['path']}: {key} = {row[key]!r}, expected {expected}")
-
-
-# ------------------------------------------------------------------------------------------------------- tables
-
-
-@dataclass
-class Cell:
-    """Aggregate of one (row, column) over seeds: mean, sample std (ddof=1; NaN when n == 1), seeds present."""
-
-    mean: float
-    std: float
-    seeds: tuple[int, ...]
-
-
-@dataclass
-class Table:
-    """One metric for one group: ordered rows/columns, cells, the seeds every cell should have, and its gaps."""
-
-    title: str
-    stem: str
-    metric: str
-    row_key: str
-    col_key: str
-    rows: list[str]
-    cols: list[str]
-    cells: dict[tuple[str, str], Cell]
-    applicable: list[tuple[str, str]]
-    seeds: tuple[int, ...]
-    problems: list[str] = field(default_factory=list)
-
-    def missing_seeds(self, row: str, col: str) -> tuple[int, ...]:
-        present = self.cells[(row, col)].seeds if (row, col) in self.cells else ()
-        return tuple(s for s in self.seeds if s not in present)
-
-
-def lower_is_better(metric: str) -> bool:
-    """logloss / loss and times (``time`` in the name or a ``_s`` unit) are lower-is-better; all else higher."""
-    name = metric.split("/")[-1]
-    return "loss" in name or "time" in metric or name.endswith("_s")
-
-
-def build_tables(frame: pd.DataFrame, metrics: Sequence[str] | None, row_key: str, col_key: str,
-                 group_keys: Sequence[str]) -> list[Table]:
-    """One :class:`Table` per group and metric (``metrics=None``: every ``test/*`` key the group reports)."""
-    for key in [*group_keys, row_key, col_key, "seed"]:
-        blank = frame[key].isna() if key in frame.columns else pd.Series(True, index=frame.index)
-        if key == col_key and row_key == "selection" and col_key == "budget":
-            blank &= frame["selection"] != FULL_METHOD  # full's budget may be null
-        if blank.any():
-            lacking = frame.loc[blank, "path"]
-            raise ValueError(f"key {key!r} (from --rows/--cols/--group or seed) is absent from {lacking.iloc[0]} "
-                             f"and {len(lacking) - 1} other metrics.json files")
-    frame = frame.assign(_col=_column_labels(frame, row_key, col_key))
-    frame = _dedupe(frame, [*group_keys, row_key, "_col", "seed"], row_key)
-    tables = []
-    for values, group in frame.groupby(list(group_keys), sort=True) if group_keys else [((), frame)]:
-        values = values if isinstance(values, tuple) else (values,)
-        wanted = metrics or sorted(k for k in group.columns if k.startswith("test/") and group[k].notna().any())
-        for metric in wanted:
-            if metric not in group.columns or group[metric].isna().all():
-                log.info("no ok run of %s reports %s: no table", " / ".join(map(str, values)), metric)
-                continue
-            tables.append(build_table(group, metric, row_key, col_key, [str(v) for v in values]))
-    reported = {t.metric for t in tables}
-    if absent := [m for m in (metrics or []) if m not in reported]:
-        raise ValueError(f"--metric {', '.join(absent)}: no ok run reports it (check the spelling, e.g. test/ndcg@10)")
-    return tables
-
-
-def build_table(group: pd.DataFrame, metric: str, row_key: str, col_key: str, names: list[str]) -> Table:
-    """Aggregate ``metric`` of one group (rows already labelled with ``_col``) and list its gaps."""
-    rows = _ordered_rows(group[row_key].astype(str).unique(), row_key)
-    cols = _ordered_cols(group["_col"].unique())
-    full_special = row_key == "selection" and FULL_COLUMN in cols
-    applicable = [(r, c) for r in rows for c in cols
-                  if not full_special or ((r == FULL_METHOD) == (c == FULL_COLUMN))]
-    present = group[group[metric].notna()]
-    cells = {}
-    for (row, col), cell in present.groupby([present[row_key].astype(str), "_col"]):
-        x = cell[metric].to_numpy(dtype=float)
-        std = float(np.std(x, ddof=1)) if len(x) > 1 else math.nan
-        cells[(row, col)] = Cell(float(x.mean()), std, tuple(sorted(int(s) for s in cell["seed"])))
-    table = Table(" / ".join(names), "_".join(sanitise(n) for n in names) or "all", metric, row_key, col_key,
-                  rows, cols, cells, applicable, tuple(sorted(int(s) for s in group["seed"].unique())))
-    for row, col in applicable:
-        missing = table.missing_seeds(row, col)
-        if missing and (row, col) not in cells:
-            table.problems.append(f"{row} @ {col}: missing cell (no run; seeds {_join(missing)})")
-        elif missing:
-            table.problems.append(f"{row} @ {col}: missing seeds {_join(missing)} "
-                                  f"(has {_join(cells[(row, col)].seeds)}; unequal seed counts)")
-    return table
-
-
-def _column_labels(frame: pd.DataFrame, row_key: str, col_key: str) -> pd.Series:
-    """Column label per run: ``all`` for ``full`` when columns are budgets (its budget means nothing), else str."""
-    labels = frame[col_key].astype(str)
-    if row_key == "selection" and col_key == "budget":
-        labels = labels.where(frame["selection"] != FULL_METHOD, FULL_COLUMN)
-    return labels
-
-
-def _dedupe(frame: pd.DataFrame, keys: list[str], row_key: str) -> pd.DataFrame:
-    """Keep the latest run per cell and seed when duplicates are re-runs (same config_key) or ``full``."""
-    frame = frame.assign(_t=pd.to_datetime(frame.get("created_at"), utc=True, errors="coerce", format="ISO8601"))
-    frame = frame.sort_values("_t", kind="stable", na_position="first")
-    dup = frame.duplicated(keys, keep=False)
-    for key_values, runs in frame[dup].groupby(keys, sort=True):
-        config_keys = runs["config_key"].dropna().unique() if "config_key" in runs else []
-        if len(config_keys) > 1 and runs[row_key].iloc[0] != FULL_METHOD:
-            raise ValueError(f"conflicting runs for {dict(zip(keys, key_values))} with different config_key "
-                             f"(report them separately or add --group): {', '.join(runs['path'])}")
-        log.info("%d runs for %s: keeping the latest, %s", len(runs), key_values, runs["path"].iloc[-1])
-    return frame.drop_duplicates(keys, keep="last").drop(columns="_t")
-
-
-def _ordered_rows(values, row_key: str) -> list[str]:
-    if row_key != "selection":
-        return sorted(values, key=_natural)
-    known = [m for m in METHOD_ORDER if m in set(values)]
-    return known + sorted(v for v in values if v not in METHOD_ORDER)
-
-
-def _ordered_cols(values) -> list[str]:
-    return ([FULL_COLUMN] if FULL_COLUMN in set(values) else []) + sorted(
-        (v for v in values if v != FULL_COLUMN), key=_natural)
-
-
-def _natural(value: str) -> tuple:
-    """Numbers first in numeric order, then strings alphabetically."""
-    try:
-        return (0, float(value), "")
-    except ValueError:
-        return (1, 0.0, value)
-
-
-def _join(seeds: Sequence[int]) -> str:
-    return ", ".join(map(str, seeds))
-
-
-def sanitise(text: str) -> str:
-    """File-name-safe form of a metric or group value: ``test/ndcg@10`` -> ``test_ndcg_at10``."""
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text.replace("@", "_at")).strip("_")
-
-
-# ---------------------------------------------------------------------------------------------------- rendering
-
-
-def render_markdown(table: Table, digits: int) -> str:
-    """Heading, caption line and a pipe table; ``PARTIAL: ...`` first when the table has gaps."""
-    best = _best(table, digits)
-    header = [table.row_key, *table.cols]
-    body = [[row, *(_cell_text(table, row, col, digits, best, "**{}**") for col in table.cols)]
-            for row in table.rows]
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    rule = "|" + "|".join([":" + "-" * (widths[0] + 1)] + ["-" * (w + 1) + ":" for w in widths[1:]]) + "|"
-    lines = [f"### {table.title} — {table.metric} ({_direction(table)})", "", _caption(table), "",
-             _pipe(header, widths), rule, *(_pipe(line, widths) for line in body)]
-    return "\n".join(([_partial_line(table), ""] if table.problems else []) + lines)
-
-
-def render_latex(table: Table, digits: int) -> str:
-    """A booktabs ``table`` environment; best per column in ``\\textbf{}``, ``±`` as ``$\\pm$``."""
-    best = _best(table, digits)
-    esc = _latex_escape
-    lines = [f"% {esc(_partial_line(table))}"] if table.problems else []
-    caption = f"{esc(table.title)}: {esc(table.metric)} ({_direction(table)}). {esc(_caption(table))}"
-    lines += ["\\begin{table}[t]", "\\centering", "\\caption{" + caption.replace("±", "$\\pm$") + "}",
-              f"\\begin{{tabular}}{{l{'r' * len(table.cols)}}}", "\\toprule",
-              " & ".join(esc(h) for h in [table.row_key, *table.cols]) + " \\\\", "\\midrule"]
-    for row in table.rows:
-        cells = [_cell_text(table, row, col, digits, best, "\\textbf{{{}}}").replace("±", "$\\pm$")
-                 .replace(GAP, "--") for col in table.cols]
-        lines.append(" & ".join([esc(row), *cells]) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
-    return "\n".join(lines)
-
-
-def table_csv(table: Table, digits: int) -> pd.DataFrame:
-    """Long form: one line per applicable cell with mean, std (ddof=1), n, seeds, missing seeds and best flag."""
-    best = _best(table, digits)
-    records = []
-    for row, col in table.applicable:
-        cell = table.cells.get((row, col))
-        records.append({table.row_key: row, table.col_key: col, "metric": table.metric,
-                        "mean": cell.mean if cell else math.nan, "std": cell.std if cell else math.nan,
-                        "n": len(cell.seeds) if cell else 0, "seeds": _join(cell.seeds) if cell else "",
-                        "missing_seeds": _join(table.missing_seeds(row, col)), "best": (row, col) in best})
-    return pd.DataFrame.from_records(records).astype(
-        {"mean": "float64", "std": "float64", "n": "int64", "best": "bool"})
-
-
-def _best(table: Table, digits: int) -> set[tuple[str, str]]:
-    """Cells whose mean, rounded to ``digits``, is the column's best; columns with < 2 values get none."""
-    sign = -1.0 if lower_is_better(table.metric) else 1.0
-    best = set()
-    for col in table.cols:
-        scores = {r: sign * round(table.cells[(r, col)].mean, digits) for r in table.rows if (r, col) in table.cells}
-        if len(scores) >= 2:
-            top = max(scores.values())
-            best |= {(r, col) for r, score in scores.items() if score == top}
-    return best
-
-
-def _cell_text(table: Table, row: str, col: str, digits: int, best: set, bold: str) -> str:
-    if (row, col) not in table.applicable:
-        return ""
-    cell = table.cells.get((row, col))
-    if cell is None:
-        return GAP
-    text = f"{cell.mean:.{digits}f}" + ("" if math.isnan(cell.std) else f" ± {cell.std:.{digits}f}")
-    text = bold.format(text) if (row, col) in best else text
-    return text + (f" (n={len(cell.seeds)})" if table.missing_seeds(row, col) else "")
-
-
-def _caption(table: Table) -> str:
-    n = len(table.seeds)
-    spread = "1 seed, no std" if n == 1 else f"mean ± std over {n} seeds (sample std, ddof=1)"
-    return f"{spread}; best per column in bold."
-
-
-def _direction(table: Table) -> str:
-    return "lower is better" if lower_is_better(table.metric) else "higher is better"
-
-
-def _partial_line(table: Table) -> str:
-    return f"PARTIAL: {len(table.problems)} incomplete cell(s): " + "; ".join(table.problems)
-
-
-def _pipe(cells: list[str], widths: list[int]) -> str:
-    """Row label left-aligned, values right-aligned, padded to the column widths."""
-    padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
-    return "| " + " | ".join(padded) + " |"
-
-
-def _latex_escape(text: str) -> str:
-    return re.sub(r"([_%&#$])", r"\\\1", text)
-
-
-# -------------------------------------------------------------------------------------------------------- plots
-
-
-def write_plots(frame: pd.DataFrame, tables: list[Table], args: argparse.Namespace, out: Path) -> list[Path]:
-    """``<group>_<metric>.png`` per table and ``<group>_select_time.png`` per group that reports a selection time."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    written = [_plot(table, out / f"{table.stem}_{sanitise(table.metric)}.png") for table in tables]
-    frame = frame.assign(_col=_column_labels(frame, args.rows, args.cols))
-    groups = frame.groupby(args.group, sort=True) if args.group else [((), frame)]
-    for values, group in groups:
-        values = values if isinstance(values, tuple) else (values,)
-        metric = next((m for m in TIME_METRICS if m in group.columns and group[m].notna().any()), None)
-        if metric is None:
-            log.info("no selection time in %s: no time plot", " / ".join(map(str, values)))
-            continue
-        table = build_table(group, metric, args.rows, args.cols, [str(v) for v in values])
-        table.rows = [r for r in table.rows if r != FULL_METHOD]  # full selects nothing
-        written.append(_plot(table, out / f"{table.stem}_select_time.png", ylabel="selection time (s)"))
-    return written
-
-
-def _plot(table: Table, path: Path, ylabel: str | None = None) -> Path:
-    """Metric against column value per row (error bars = std); ``full`` as a dashed horizontal line."""
-    import matplotlib.pyplot as plt
-
-    cols = [c for c in table.cols if c != FULL_COLUMN]
-    numeric = all(_natural(c)[0] == 0 for c in cols)
-    x_of = {c: (float(c) if numeric else i) for i, c in enumerate(cols)}
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for row in table.rows:
-        full = table.cells.get((row, FULL_COLUMN))
-        if full is not None:
-            ax.axhline(full.mean, linestyle="--", color="black", label=row)
-            continue
-        points = [(x_of[c], table.cells[(row, c)]) for c in cols if (row, c) in table.cells]
-        if points:
-            ax.errorbar([x for x, _ in points], [c.mean for _, c in points], marker="o", capsize=3, label=row,
-                        yerr=[0.0 if math.isnan(c.std) else c.std for _, c in points])
-    if numeric and cols and min(x_of.values()) > 0 and max(x_of.values()) >= 8 * min(x_of.values()):
-        ax.set_xscale("log", base=2)  # budgets usually double
-    ax.set_xticks(list(x_of.values()), cols)
-    ax.minorticks_off()
-    ax.set_xlabel(table.col_key)
-    ax.set_ylabel(ylabel or f"{table.metric} ({_direction(table)})")
-    ax.set_title(table.title + (" (PARTIAL)" if table.problems else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 if __name__ == "__main__":

@@ -1,0 +1,269 @@
+"""Tables for ``goracs-report``: aggregate ok runs into one table per group and metric, check completeness, render.
+
+* rows = ``--rows`` (default ``selection``) in a fixed method order (``METHOD_ORDER``, then others alphabetically),
+  columns = ``--cols`` (default ``budget``) in numeric order;
+* cell = ``mean ± std`` over seeds, where std is the *sample* standard deviation
+  ``sqrt(sum_i (x_i - mean)^2 / (n - 1))`` (ddof=1, pandas' default); a table whose cells hold one seed each shows the
+  mean alone, and its caption says "1 seed, no std";
+* ``full`` trains on the whole pool, so its budget means nothing: all its runs go to a single column ``all`` (first
+  column), left blank for the other methods, and its budget columns are blank (a blank is not a missing cell);
+* best mean per column (compared at the printed precision, ties all marked) in bold, using ``lower_is_better``
+  (logloss/loss and times lower, everything else higher); columns with a single value are not marked.
+
+A cell with no run or with fewer seeds than its group is listed in ``Table.problems``; rendered tables then start
+with a line ``PARTIAL: ...``, gaps show as ``—`` and incomplete cells say ``(n=k)``. Two ok runs of one cell and seed
+are collapsed to the latest (``created_at``) when they share a ``config_key`` (a re-run) or belong to ``full``;
+otherwise they are a conflict and an error. Rendering: Markdown (pipe table), LaTeX (booktabs) and long-form CSV.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("goracs.report")  # the CLI's logger: same name in messages and for filtering
+
+METHOD_ORDER = ("full", "random", "grand", "el2n", "ccs", "d2", "moderate", "kcenter", "goracs")
+FULL_METHOD, FULL_COLUMN, GAP = "full", "all", "—"
+
+
+class IncompleteTableError(ValueError):
+    """A table has missing cells or unequal seed counts; the message lists every gap."""
+
+
+@dataclass
+class Cell:
+    """Aggregate of one (row, column) over seeds: mean, sample std (ddof=1; NaN when n == 1), seeds present."""
+
+    mean: float
+    std: float
+    seeds: tuple[int, ...]
+
+
+@dataclass
+class Table:
+    """One metric for one group: ordered rows/columns, cells, the seeds every cell should have, and its gaps."""
+
+    title: str
+    stem: str
+    metric: str
+    row_key: str
+    col_key: str
+    rows: list[str]
+    cols: list[str]
+    cells: dict[tuple[str, str], Cell]
+    applicable: list[tuple[str, str]]
+    seeds: tuple[int, ...]
+    problems: list[str] = field(default_factory=list)
+
+    def missing_seeds(self, row: str, col: str) -> tuple[int, ...]:
+        present = self.cells[(row, col)].seeds if (row, col) in self.cells else ()
+        return tuple(s for s in self.seeds if s not in present)
+
+
+def build_tables(frame: pd.DataFrame, metrics: Sequence[str] | None, row_key: str, col_key: str,
+                 group_keys: Sequence[str]) -> list[Table]:
+    """One :class:`Table` per group and metric (``metrics=None``: every ``test/*`` key the group reports)."""
+    for key in [*group_keys, row_key, col_key, "seed"]:
+        blank = frame[key].isna() if key in frame.columns else pd.Series(True, index=frame.index)
+        if key == col_key and row_key == "selection" and col_key == "budget":
+            blank &= frame["selection"] != FULL_METHOD  # full's budget may be null
+        if blank.any():
+            lacking = frame.loc[blank, "path"]
+            raise ValueError(f"key {key!r} (from --rows/--cols/--group or seed) is absent from {lacking.iloc[0]} "
+                             f"and {len(lacking) - 1} other metrics.json files")
+    frame = frame.assign(_col=column_labels(frame, row_key, col_key))
+    frame = _dedupe(frame, [*group_keys, row_key, "_col", "seed"], row_key)
+    tables = []
+    for values, group in frame.groupby(list(group_keys), sort=True) if group_keys else [((), frame)]:
+        values = values if isinstance(values, tuple) else (values,)
+        wanted = metrics or sorted(k for k in group.columns if k.startswith("test/") and group[k].notna().any())
+        for metric in wanted:
+            if metric not in group.columns or group[metric].isna().all():
+                log.info("no ok run of %s reports %s: no table", " / ".join(map(str, values)), metric)
+                continue
+            tables.append(build_table(group, metric, row_key, col_key, [str(v) for v in values]))
+    reported = {t.metric for t in tables}
+    if absent := [m for m in (metrics or []) if m not in reported]:
+        raise ValueError(f"--metric {', '.join(absent)}: no ok run reports it (check the spelling, e.g. test/ndcg@10)")
+    return tables
+
+
+def build_table(group: pd.DataFrame, metric: str, row_key: str, col_key: str, names: list[str]) -> Table:
+    """Aggregate ``metric`` of one group (rows already labelled with ``_col``) and list its gaps."""
+    rows = _ordered_rows(group[row_key].astype(str).unique(), row_key)
+    cols = _ordered_cols(group["_col"].unique())
+    full_special = row_key == "selection" and FULL_COLUMN in cols
+    applicable = [(r, c) for r in rows for c in cols
+                  if not full_special or ((r == FULL_METHOD) == (c == FULL_COLUMN))]
+    present = group[group[metric].notna()]
+    cells = {}
+    for (row, col), cell in present.groupby([present[row_key].astype(str), "_col"]):
+        x = cell[metric].to_numpy(dtype=float)
+        std = float(np.std(x, ddof=1)) if len(x) > 1 else math.nan
+        cells[(row, col)] = Cell(float(x.mean()), std, tuple(sorted(int(s) for s in cell["seed"])))
+    table = Table(" / ".join(names), "_".join(sanitise(n) for n in names) or "all", metric, row_key, col_key,
+                  rows, cols, cells, applicable, tuple(sorted(int(s) for s in group["seed"].unique())))
+    for row, col in applicable:
+        missing = table.missing_seeds(row, col)
+        if missing and (row, col) not in cells:
+            table.problems.append(f"{row} @ {col}: missing cell (no run; seeds {_join(missing)})")
+        elif missing:
+            table.problems.append(f"{row} @ {col}: missing seeds {_join(missing)} "
+                                  f"(has {_join(cells[(row, col)].seeds)}; unequal seed counts)")
+    return table
+
+
+def render_markdown(table: Table, digits: int) -> str:
+    """Heading, caption line and a pipe table; ``PARTIAL: ...`` first when the table has gaps."""
+    best = _best(table, digits)
+    header = [table.row_key, *table.cols]
+    body = [[row, *(_cell_text(table, row, col, digits, best, "**{}**") for col in table.cols)]
+            for row in table.rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    rule = "|" + "|".join([":" + "-" * (widths[0] + 1)] + ["-" * (w + 1) + ":" for w in widths[1:]]) + "|"
+    lines = [f"### {table.title} — {table.metric} ({direction(table)})", "", _caption(table), "",
+             _pipe(header, widths), rule, *(_pipe(line, widths) for line in body)]
+    return "\n".join(([_partial_line(table), ""] if table.problems else []) + lines)
+
+
+def render_latex(table: Table, digits: int) -> str:
+    """A booktabs ``table`` environment; best per column in ``\\textbf{}``, ``±`` as ``$\\pm$``."""
+    best = _best(table, digits)
+    esc = _latex_escape
+    lines = [f"% {esc(_partial_line(table))}"] if table.problems else []
+    caption = f"{esc(table.title)}: {esc(table.metric)} ({direction(table)}). {esc(_caption(table))}"
+    lines += ["\\begin{table}[t]", "\\centering", "\\caption{" + caption.replace("±", "$\\pm$") + "}",
+              f"\\begin{{tabular}}{{l{'r' * len(table.cols)}}}", "\\toprule",
+              " & ".join(esc(h) for h in [table.row_key, *table.cols]) + " \\\\", "\\midrule"]
+    for row in table.rows:
+        cells = [_cell_text(table, row, col, digits, best, "\\textbf{{{}}}").replace("±", "$\\pm$")
+                 .replace(GAP, "--") for col in table.cols]
+        lines.append(" & ".join([esc(row), *cells]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines)
+
+
+def table_csv(table: Table, digits: int) -> pd.DataFrame:
+    """Long form: one line per applicable cell with mean, std (ddof=1), n, seeds, missing seeds and best flag."""
+    best = _best(table, digits)
+    records = []
+    for row, col in table.applicable:
+        cell = table.cells.get((row, col))
+        records.append({table.row_key: row, table.col_key: col, "metric": table.metric,
+                        "mean": cell.mean if cell else math.nan, "std": cell.std if cell else math.nan,
+                        "n": len(cell.seeds) if cell else 0, "seeds": _join(cell.seeds) if cell else "",
+                        "missing_seeds": _join(table.missing_seeds(row, col)), "best": (row, col) in best})
+    return pd.DataFrame.from_records(records).astype(
+        {"mean": "float64", "std": "float64", "n": "int64", "best": "bool"})
+
+
+def lower_is_better(metric: str) -> bool:
+    """logloss / loss and times (``time`` in the name or a ``_s`` unit) are lower-is-better; all else higher."""
+    name = metric.split("/")[-1]
+    return "loss" in name or "time" in metric or name.endswith("_s")
+
+
+def direction(table: Table) -> str:
+    """``lower is better`` or ``higher is better`` for the table's metric."""
+    return "lower is better" if lower_is_better(table.metric) else "higher is better"
+
+
+def column_labels(frame: pd.DataFrame, row_key: str, col_key: str) -> pd.Series:
+    """Column label per run: ``all`` for ``full`` when columns are budgets (its budget means nothing), else str."""
+    labels = frame[col_key].astype(str)
+    if row_key == "selection" and col_key == "budget":
+        labels = labels.where(frame["selection"] != FULL_METHOD, FULL_COLUMN)
+    return labels
+
+
+def natural(value: str) -> tuple:
+    """Sort key: numbers first in numeric order, then strings alphabetically."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def sanitise(text: str) -> str:
+    """File-name-safe form of a metric or group value: ``test/ndcg@10`` -> ``test_ndcg_at10``."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text.replace("@", "_at")).strip("_")
+
+
+def _dedupe(frame: pd.DataFrame, keys: list[str], row_key: str) -> pd.DataFrame:
+    """Keep the latest run per cell and seed when duplicates are re-runs (same config_key) or ``full``."""
+    frame = frame.assign(_t=pd.to_datetime(frame.get("created_at"), utc=True, errors="coerce", format="ISO8601"))
+    frame = frame.sort_values("_t", kind="stable", na_position="first")
+    dup = frame.duplicated(keys, keep=False)
+    for key_values, runs in frame[dup].groupby(keys, sort=True):
+        config_keys = runs["config_key"].dropna().unique() if "config_key" in runs else []
+        if len(config_keys) > 1 and runs[row_key].iloc[0] != FULL_METHOD:
+            raise ValueError(f"conflicting runs for {dict(zip(keys, key_values))} with different config_key "
+                             f"(report them separately or add --group): {', '.join(runs['path'])}")
+        log.info("%d runs for %s: keeping the latest, %s", len(runs), key_values, runs["path"].iloc[-1])
+    return frame.drop_duplicates(keys, keep="last").drop(columns="_t")
+
+
+def _ordered_rows(values, row_key: str) -> list[str]:
+    if row_key != "selection":
+        return sorted(values, key=natural)
+    known = [m for m in METHOD_ORDER if m in set(values)]
+    return known + sorted(v for v in values if v not in METHOD_ORDER)
+
+
+def _ordered_cols(values) -> list[str]:
+    return ([FULL_COLUMN] if FULL_COLUMN in set(values) else []) + sorted(
+        (v for v in values if v != FULL_COLUMN), key=natural)
+
+
+def _join(seeds: Sequence[int]) -> str:
+    return ", ".join(map(str, seeds))
+
+
+def _best(table: Table, digits: int) -> set[tuple[str, str]]:
+    """Cells whose mean, rounded to ``digits``, is the column's best; columns with < 2 values get none."""
+    sign = -1.0 if lower_is_better(table.metric) else 1.0
+    best = set()
+    for col in table.cols:
+        scores = {r: sign * round(table.cells[(r, col)].mean, digits) for r in table.rows if (r, col) in table.cells}
+        if len(scores) >= 2:
+            top = max(scores.values())
+            best |= {(r, col) for r, score in scores.items() if score == top}
+    return best
+
+
+def _cell_text(table: Table, row: str, col: str, digits: int, best: set, bold: str) -> str:
+    if (row, col) not in table.applicable:
+        return ""
+    cell = table.cells.get((row, col))
+    if cell is None:
+        return GAP
+    text = f"{cell.mean:.{digits}f}" + ("" if math.isnan(cell.std) else f" ± {cell.std:.{digits}f}")
+    text = bold.format(text) if (row, col) in best else text
+    return text + (f" (n={len(cell.seeds)})" if table.missing_seeds(row, col) else "")
+
+
+def _caption(table: Table) -> str:
+    n = len(table.seeds)
+    spread = "1 seed, no std" if n == 1 else f"mean ± std over {n} seeds (sample std, ddof=1)"
+    return f"{spread}; best per column in bold."
+
+
+def _partial_line(table: Table) -> str:
+    return f"PARTIAL: {len(table.problems)} incomplete cell(s): " + "; ".join(table.problems)
+
+
+def _pipe(cells: list[str], widths: list[int]) -> str:
+    """Row label left-aligned, values right-aligned, padded to the column widths."""
+    padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+    return "| " + " | ".join(padded) + " |"
+
+
+def _latex_escape(text: str) -> str:
+    return re.sub(r"([_%&#$])", r"\\\1", text)
