@@ -1,0 +1,42 @@
+"""Helpers for the data-stage tests: compose a ``conf/data`` preset as the run would, build samples once.
+
+The ``shared_data`` fixture itself comes from ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from goracs.data import prepare_samples
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def data_config(preset: str, **overrides) -> dict:
+    """``conf/data/<preset>.yaml`` resolved with ``paths.shared_data`` = ``SHARED``, then ``overrides``
+    (top-level keys, or ``"source.<key>"`` passed through ``**{...}``)."""
+    preset_yaml = OmegaConf.load(REPO / "conf" / "data" / f"{preset}.yaml")
+    cfg = OmegaConf.create({"paths": {"shared_data": str(SHARED)}, "data": preset_yaml})
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    for key, value in overrides.items():
+        if key.startswith("source."):
+            data["source"][key.split(".", 1)[1]] = value
+        else:
+            data[key] = value
+    return data
+
+
+def task_config(name: str, **overrides) -> dict:
+    task = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "task" / f"{name}.yaml"))
+    task.update(overrides)
+    return task
+
+
+@lru_cache(maxsize=8)
+def built(preset: str, task: str, seed: int = 0, overrides: tuple = ()):
+    """Samples for a preset (memoised across tests; never cached on disk)."""
+    return prepare_samples(data_config(preset, **dict(overrides)), task_config(task), seed, None)
