@@ -46,7 +46,7 @@ def run(cfg: DictConfig) -> dict:
     choices = hc.runtime.choices
     identity = {"data": cfg.data.name, "task": cfg.task.name, "model": cfg.model.name,
                 "selection": choices.get("selection"), "budget": int(cfg.budget), "seed": int(cfg.seed),
-                "experiment": cfg.experiment}
+                "experiment": cfg.experiment, "variant": _variant(hc.overrides.task)}
     job_config = OmegaConf.to_container(cfg, resolve=True)
     record = RunRecord(out_dir, identity, job_config, list(hc.overrides.task), Path(cfg.paths.root))
     if cfg.resume and cfg.stage == "all" and record.already_done():
@@ -203,6 +203,13 @@ def _print_table(title: str, values: dict) -> None:
     print(f"\n{title}\n" + "-" * max(len(title), width + 12))
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
+
+
+def _variant(overrides) -> str:
+    """The job's overrides beyond the table axes, e.g. "selection.lam=0.0" (report rows for ablations)."""
+    axes = {"budget", "seed", "selection", "data", "task", "model", "experiment", "resume", "stage", "logger"}
+    rest = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in axes)
+    return ",".join(rest) or "default"
 
 
 def _plain(node) -> dict:
