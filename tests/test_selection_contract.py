@@ -1,0 +1,70 @@
+"""The selection contract, checked for every method that exists, i.e. every ``conf/selection/*.yaml``."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from goracs.selection import ArrayFeatures, Pool
+
+CONF = Path(__file__).parents[1] / "conf" / "selection"
+METHODS = sorted(p.stem for p in CONF.glob("*.yaml"))
+N, M, D = 40, 12, 8
+BUDGET = 7
+
+
+def make_pool(labels: bool) -> Pool:
+    rng = np.random.default_rng(123)
+    centres = rng.normal(0, 3, (4, D))
+    emb = (centres[rng.integers(4, size=N)] + rng.normal(0, 1, (N, D))).astype(np.float32)
+    valid = (centres[rng.integers(4, size=M)] + rng.normal(0, 1, (M, D))).astype(np.float32)
+    train = {"text_emb": emb, "grad_norm": rng.gamma(2.0, 0.5, N), "el2n": rng.uniform(0, 1.4, N),
+             "loss": rng.gamma(2.0, 1.0, N)}
+    features = ArrayFeatures(train=train, valid={"text_emb": valid})
+    if not labels:
+        return Pool(size=N, features=features)
+    return Pool(size=N, features=features, labels=rng.integers(0, 2, N), valid_labels=rng.integers(0, 2, M))
+
+
+def selector(name: str):
+    return instantiate(OmegaConf.load(CONF / f"{name}.yaml"))
+
+
+def expected_size(name: str, budget: int) -> int:
+    return N if name == "full" else min(budget, N)  # `full` ignores the budget by definition
+
+
+def test_the_config_group_is_not_empty():
+    assert {"full", "random", "grand", "el2n", "ccs", "d2", "moderate", "kcenter"} <= set(METHODS)
+
+
+@pytest.mark.parametrize("labels", [False, True], ids=["seqrec", "ctr"])
+@pytest.mark.parametrize("name", METHODS)
+def test_budget_unique_in_range_and_seeded(name, labels):
+    pool = make_pool(labels)
+    first = selector(name).select(pool, BUDGET, seed=3)
+    again = selector(name).select(pool, BUDGET, seed=3)
+    idx = np.asarray(first.indices)
+    assert len(idx) == expected_size(name, BUDGET)
+    assert len(np.unique(idx)) == len(idx)
+    assert idx.min() >= 0 and idx.max() < N
+    assert np.array_equal(idx, again.indices)
+    assert "time_s" in first.stats and first.stats["time_s"] >= 0
+    if first.scores is not None:
+        assert np.shape(first.scores) == (N,)
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("budget", [N, N + 5])
+def test_budget_covering_the_pool_selects_everything(name, budget):
+    result = selector(name).select(make_pool(False), budget, seed=0)
+    assert np.array_equal(np.sort(result.indices), np.arange(N))
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("budget", [0, -3])
+def test_non_positive_budget_is_a_clear_error(name, budget):
+    with pytest.raises(ValueError, match="budget"):
+        selector(name).select(make_pool(False), budget, seed=0)
