@@ -1,0 +1,254 @@
+"""The feature store: named per-sample features of a sample set, computed on demand and cached on disk.
+
+``FeatureStore(...).get(name, split)`` implements the selection stage's ``FeatureSource``. Features:
+
+========== ============ ===================================================================================
+name       shape        meaning
+========== ============ ===================================================================================
+text_emb   (n, d) f32   sentence embedding of the prompt text (:mod:`goracs.features.text_embedding`)
+grad_norm  (n,) f32     ‖∇_θ ℓ_i‖₂ over the LoRA parameters ``features.grad_params`` at the initial adapter
+grad_proj  (n, k) f32   that gradient projected to ``proj_dim`` (or raw, P = #parameters, with projection none)
+loss       (n,) f32     the task loss ℓ_i whose gradient is taken (:mod:`goracs.features.losses`)
+el2n       (n,) f32     EL2N error norm (:mod:`goracs.features.losses`)
+label      (n,) int64   the samples' ``label`` column (not cached: read from the samples)
+user       (n,) str     the samples' ``user`` column (not cached)
+========== ============ ===================================================================================
+
+Cache: ``<cache_dir>/features/<key>.npy`` via :class:`goracs.cache.DiskCache` (atomic, manifest-checked; a truncated
+or corrupt file is dropped and recomputed). The key hashes the split's samples (instruction, input, output, label),
+the task and prompt mode, and the options that change the values: for model features the backbone ``spec()``, the
+LoRA config, ``lora_init`` (path and adapter file sizes/mtimes) and :meth:`FeatureConfig.gradient_spec` (plus the
+projection for ``grad_proj``); for ``text_emb`` only the encoder options, unless the encoder is the ``llm``. Batch
+sizes, device and process count are not in the key: they do not change the values.
+
+One gradient pass yields ``loss``, ``el2n``, ``grad_norm`` (and ``grad_proj`` when asked for), so the first request
+of any of them computes and caches those still missing. The backbone is loaded lazily, once per store.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from goracs.cache import DiskCache, config_key
+from goracs.features.config import FeatureConfig
+from goracs.features.gradients import GRADIENT_FEATURES, GradientExtractor, encode_split
+from goracs.features.projection import make_projection
+from goracs.features.sharded import run_batches
+from goracs.features.text_embedding import LastTokenEncoder, embedding_texts, sentence_encoder
+from goracs.models.encoding import answer_token_ids
+
+log = logging.getLogger(__name__)
+
+FEATURES = ("text_emb",) + GRADIENT_FEATURES + ("label", "user")
+SPLITS = ("train", "valid")
+_LORA_KEYS_IGNORED = ("peft_version", "inference_mode", "base_model_name_or_path", "revision")
+
+
+class FeatureStore:
+    """Lazily computed, disk-cached features of ``samples.train`` / ``samples.valid`` (see the module docstring).
+
+    Attributes:
+        computed: ``(feature, split)`` pairs this store computed (rather than read from the cache), in order.
+        model_loads: how many times the backbone was loaded (0 or 1).
+    """
+
+    def __init__(self, samples: Any, backbone: Any, lora: Any, lora_init: str | None, *, faithful: bool,
+                 config: Mapping[str, Any] | None, cache_dir: str | Path):
+        if samples.task not in ("seqrec", "ctr"):
+            raise ValueError(f"samples.task={samples.task!r}: expected 'seqrec' or 'ctr'")
+        self.samples, self.task, self.backbone, self.lora, self.lora_init = samples, samples.task, backbone, lora, \
+            lora_init
+        self.faithful = faithful
+        self.cfg = FeatureConfig.from_mapping(config)
+        self.cache = DiskCache(cache_dir)
+        self.computed: list[tuple[str, str]] = []
+        self.model_loads = 0
+        self._memo: dict[tuple[str, str], np.ndarray] = {}
+        self._digests: dict[str, str] = {}
+        self._model = self._tokenizer = None
+
+    def get(self, name: str, split: str = "train") -> np.ndarray:
+        if split not in SPLITS:
+            raise KeyError(f"unknown split {split!r}; expected one of {SPLITS}")
+        if name not in FEATURES:
+            raise KeyError(f"feature {name!r} is not available; available: {list(FEATURES)}")
+        if (name, split) not in self._memo:
+            self._memo[(name, split)] = self._fetch(name, split)
+        return self._memo[(name, split)]
+
+    def key(self, name: str, split: str) -> str:
+        """Cache key of a cached feature (hash of :meth:`spec`)."""
+        return config_key(self.spec(name, split))
+
+    def spec(self, name: str, split: str) -> dict:
+        """Everything that determines the values of feature ``name`` on ``split``."""
+        spec = {"feature": name, "task": self.task, "faithful": self.faithful, "samples": self._digest(split)}
+        if name == "text_emb":
+            spec.update(self.cfg.embedding_spec())
+            if self.cfg.text_encoder == "llm":
+                spec.update(self._model_spec())
+            return spec
+        spec.update(self._model_spec())
+        spec.update(self.cfg.gradient_spec())
+        if name == "grad_proj":
+            spec.update(self.cfg.projection_spec())
+        return spec
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._model is not None
+
+    # -- computing ---------------------------------------------------------------------------------------------
+
+    def _fetch(self, name: str, split: str) -> np.ndarray:
+        df = self._frame(split)
+        if name == "label":
+            return df["label"].to_numpy(dtype=np.int64)
+        if name == "user":
+            return df["user"].astype(str).to_numpy()
+        cached = self._read(name, split)
+        if cached is not None:
+            return cached
+        if name == "text_emb":
+            results = {"text_emb": self._embed(split)}
+        else:
+            missing = [f for f in ("loss", "el2n", "grad_norm") if f != name and self._read(f, split) is None]
+            results = self._gradient_pass(split, [name] + missing)
+        for feature, values in results.items():
+            self._write(feature, split, values)
+            self._memo[(feature, split)] = values
+            self.computed.append((feature, split))
+        return results[name]
+
+    def _embed(self, split: str) -> np.ndarray:
+        texts = embedding_texts(self._frame(split), self.task, faithful=self.faithful)
+        items = [{"text": t, "index": i} for i, t in enumerate(texts)]
+        if self.cfg.text_encoder == "llm":
+            model, tokenizer = self._load()
+            fn = LastTokenEncoder(model, tokenizer, max_length=self.cfg.embed_max_length or self.cfg.cutoff_len)
+        else:
+            fn = sentence_encoder(self.cfg.text_encoder, self.cfg.encoder_path, self.cfg.embed_max_length)
+        log.info("embedding %d %s texts with %s", len(texts), split, self.cfg.text_encoder)
+        out = run_batches(fn, items, batch_size=self.cfg.embed_batch_size, device=self.cfg.device,
+                          num_processes=self.cfg.num_processes, desc=f"text_emb/{split}")
+        return out["text_emb"].astype(np.float32)
+
+    def _gradient_pass(self, split: str, want: list[str]) -> dict[str, np.ndarray]:
+        model, tokenizer = self._load()
+        cfg = self.cfg
+        items = encode_split(self._frame(split), self.task, tokenizer, cutoff_len=cfg.cutoff_len,
+                             faithful=self.faithful)
+        yes_no = answer_token_ids(tokenizer) if self.task == "ctr" else None
+        fn = GradientExtractor(model, self.task, cfg.grad_params, pad_id=tokenizer.pad_token_id, yes_no=yes_no,
+                               dropout=cfg.dropout, dropout_seed=cfg.dropout_seed, projection=None, want=want)
+        if "grad_proj" in want:
+            fn.projection = make_projection(cfg.projection, fn.param_dim(), cfg.proj_dim, cfg.proj_seed)
+        log.info("gradient pass over %d %s samples for %s", len(items), split, want)
+        try:
+            out = run_batches(fn, items, batch_size=cfg.batch_size, device=cfg.device,
+                              num_processes=cfg.num_processes, desc=f"gradients/{split}")
+        finally:
+            fn.release()
+        return {k: v.astype(np.float32) for k, v in out.items()}
+
+    def _load(self):
+        if self._model is None:
+            from goracs.models.lora import attach_lora
+
+            model, tokenizer = self.backbone.load(corpus_texts(self.samples))
+            # A fresh LoRA draws its A matrices from torch's global RNG: seed them, or every load gives other features.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.cfg.lora_seed)
+                self._model = attach_lora(model, copy.deepcopy(self.lora), self.lora_init)
+            self._tokenizer = tokenizer
+            self.model_loads += 1
+        return self._model, self._tokenizer
+
+    # -- cache ---------------------------------------------------------------------------------------------------
+
+    def _read(self, name: str, split: str) -> np.ndarray | None:
+        if (name, split) in self._memo:
+            return self._memo[(name, split)]
+        path = self.cache.lookup("features", self.key(name, split), "npy")
+        if path is None:
+            return None
+        log.info("feature %s/%s read from %s", name, split, path)
+        values = np.load(path, allow_pickle=False)
+        self._memo[(name, split)] = values
+        return values
+
+    def _write(self, name: str, split: str, values: np.ndarray) -> None:
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save(path) would append ".npy" to the temporary name
+                np.save(f, values, allow_pickle=False)
+
+        self.cache.store("features", self.key(name, split), "npy", write, spec=self.spec(name, split))
+
+    def _frame(self, split: str):
+        df = getattr(self.samples, split, None)
+        if df is None or len(df) == 0:
+            raise ValueError(f"samples.{split} is empty: no {split} features can be computed")
+        return df
+
+    def _digest(self, split: str) -> str:
+        if split not in self._digests:
+            cols = ["instruction", "input", "output", "label"]
+            rows = self._frame(split)[cols].to_numpy().tolist()
+            text = json.dumps([[str(a), str(b), str(c), int(d)] for a, b, c, d in rows], ensure_ascii=False)
+            self._digests[split] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return self._digests[split]
+
+    def _model_spec(self) -> dict:
+        return {"backbone": self.backbone.spec(), "lora": lora_spec(self.lora), "lora_init": adapter_identity(
+            self.lora_init)}
+
+
+def corpus_texts(samples: Any) -> list[str]:
+    """What ``Backbone.load`` receives (tiny_llama trains its tokenizer on it): every instruction, input and output
+    of every split, the item titles, and "Yes"/"No". Must equal ``goracs.run._corpus``, or the fine-tuned model and
+    the features would use different tokenizers."""
+    parts: list[str] = []
+    for split in ("train", "valid", "test"):
+        df = getattr(samples, split, None)
+        if df is not None:
+            parts += df["instruction"].tolist() + df["input"].tolist() + df["output"].tolist()
+    items = getattr(samples, "items", None)
+    if items is not None and "title" in items:
+        parts += items["title"].astype(str).tolist()
+    return parts + ["Yes", "No"]
+
+
+def lora_spec(lora: Any) -> Any:
+    """JSON-stable view of a LoRA config (sets sorted; version and bookkeeping fields dropped)."""
+    d = lora.to_dict() if hasattr(lora, "to_dict") else dict(lora)
+    return _stable({k: v for k, v in d.items() if k not in _LORA_KEYS_IGNORED})
+
+
+def adapter_identity(lora_init: str | None) -> Any:
+    """``lora_init`` plus the sizes and mtimes of its adapter files, so a replaced adapter gives a new key."""
+    if not lora_init:
+        return None
+    folder = Path(lora_init).expanduser()
+    files = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.glob("adapter_model.*"))} \
+        if folder.is_dir() else {}
+    return {"path": str(folder.resolve()) if folder.exists() else lora_init, "files": files}
+
+
+def _stable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _stable(v) for k, v in x.items()}
+    if isinstance(x, (set, frozenset)):
+        return sorted(_stable(v) for v in x)
+    if isinstance(x, (list, tuple)):
+        return [_stable(v) for v in x]
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
