@@ -167,12 +167,14 @@ def _fine_tune_and_evaluate(samples, indices: np.ndarray, cfg: DictConfig, logge
 
     from goracs.evaluation.evaluate import evaluate
     from goracs.models.finetune import fine_tune
+    from goracs.models.encoding import tokenizer_corpus
     from goracs.models.lora import attach_lora
 
     lightning.seed_everything(int(cfg.seed), workers=True, verbose=False)
     t0 = time.perf_counter()
-    model, tokenizer = instantiate(cfg.model.backbone).load(_corpus(samples))
-    model = attach_lora(model, instantiate(cfg.model.lora), cfg.model.lora_init)
+    model, tokenizer = instantiate(cfg.model.backbone).load(tokenizer_corpus(samples))
+    # Same phi_0 as the gradient features (features.lora_seed), as the paper starts both from the Alpaca LoRA.
+    model = attach_lora(model, instantiate(cfg.model.lora), cfg.model.lora_init, seed=int(cfg.features.lora_seed))
     # The official --seed only shuffles the coreset order; the selected rows themselves are fixed by the selection.
     order = np.random.default_rng(int(cfg.seed)).permutation(indices)
     train = samples.train.iloc[order].reset_index(drop=True)
@@ -186,14 +188,6 @@ def _fine_tune_and_evaluate(samples, indices: np.ndarray, cfg: DictConfig, logge
     timings = {"time/train_s": t1 - t0, "time/eval_s": t2 - t1, "train/best_val_loss": fit.best_val_loss,
                "train/epochs": fit.epochs, "train/steps": fit.steps}
     return timings, {f"test/{k}": v for k, v in metrics.items()}
-
-
-def _corpus(samples) -> list[str]:
-    """Text a trained-from-scratch tokenizer (tiny_llama) learns from: every prompt field, output and title."""
-    parts = []
-    for df in (samples.train, samples.valid, samples.test):
-        parts += df["instruction"].tolist() + df["input"].tolist() + df["output"].tolist()
-    return parts + samples.items["title"].astype(str).tolist() + ["Yes", "No"]
 
 
 def _print_table(title: str, values: dict) -> None:

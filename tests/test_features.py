@@ -53,9 +53,9 @@ LORA = dict(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["q_proj", "v_
 
 
 def tiny_model(samples, *, random_b: bool):
-    from goracs.features.store import corpus_texts
+    from goracs.models.encoding import tokenizer_corpus
 
-    model, tok = TinyLlamaBackbone().load(corpus_texts(samples))
+    model, tok = TinyLlamaBackbone().load(tokenizer_corpus(samples))
     model = attach_lora(model, LoraConfig(**LORA))
     if random_b:  # as after lora_init: every layer's LoRA changes the forward, so all dropout masks matter
         gen = torch.Generator().manual_seed(1)

@@ -61,12 +61,6 @@ def collate(items: Sequence[Mapping], pad_id: int) -> dict[str, torch.Tensor]:
     keys = ("input_ids", "attention_mask", "labels")
     batch = collate_left([{k: it[k] for k in keys if k in it} for it in items], pad_id)
     width = batch["input_ids"].shape[1]
-    if "labels" in batch:
-        # With left padding the last pad position would "predict" the first real token (BOS): a loss term that an
-        # unpadded sample does not have, so loss and gradient would depend on the batch. Nothing real predicts the
-        # first token, so it is never a target.
-        first = width - torch.tensor([len(it["input_ids"]) for it in items])
-        batch["labels"][torch.arange(len(items)), first] = IGNORE
     if "response" in items[0]:
         batch["response"] = torch.tensor([[0] * (width - len(it["response"])) + it["response"] for it in items])
     if "label" in items[0]:

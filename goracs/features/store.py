@@ -27,7 +27,6 @@ of any of them computes and caches those still missing. The backbone is loaded l
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -35,7 +34,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 
 from goracs.cache import DiskCache, config_key
 from goracs.features.config import FeatureConfig
@@ -43,7 +41,7 @@ from goracs.features.gradients import GRADIENT_FEATURES, GradientExtractor, enco
 from goracs.features.projection import make_projection
 from goracs.features.sharded import run_batches
 from goracs.features.text_embedding import LastTokenEncoder, embedding_texts, sentence_encoder
-from goracs.models.encoding import answer_token_ids
+from goracs.models.encoding import answer_token_ids, tokenizer_corpus
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +161,8 @@ class FeatureStore:
         if self._model is None:
             from goracs.models.lora import attach_lora
 
-            model, tokenizer = self.backbone.load(corpus_texts(self.samples))
-            # A fresh LoRA draws its A matrices from torch's global RNG: seed them, or every load gives other features.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.cfg.lora_seed)
-                self._model = attach_lora(model, copy.deepcopy(self.lora), self.lora_init)
+            model, tokenizer = self.backbone.load(tokenizer_corpus(self.samples))
+            self._model = attach_lora(model, self.lora, self.lora_init, seed=self.cfg.lora_seed)
             self._tokenizer = tokenizer
             self.model_loads += 1
         return self._model, self._tokenizer
@@ -209,21 +204,6 @@ class FeatureStore:
     def _model_spec(self) -> dict:
         return {"backbone": self.backbone.spec(), "lora": lora_spec(self.lora), "lora_init": adapter_identity(
             self.lora_init)}
-
-
-def corpus_texts(samples: Any) -> list[str]:
-    """What ``Backbone.load`` receives (tiny_llama trains its tokenizer on it): every instruction, input and output
-    of every split, the item titles, and "Yes"/"No". Must equal ``goracs.run._corpus``, or the fine-tuned model and
-    the features would use different tokenizers."""
-    parts: list[str] = []
-    for split in ("train", "valid", "test"):
-        df = getattr(samples, split, None)
-        if df is not None:
-            parts += df["instruction"].tolist() + df["input"].tolist() + df["output"].tolist()
-    items = getattr(samples, "items", None)
-    if items is not None and "title" in items:
-        parts += items["title"].astype(str).tolist()
-    return parts + ["Yes", "No"]
 
 
 def lora_spec(lora: Any) -> Any:

@@ -12,7 +12,7 @@ One place decides what the model sees, so fine-tuning, gradient features and eva
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +45,28 @@ def encode_lm(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, *,
     if tokenizer.eos_token_id is not None and len(ids) < cutoff_len and (not ids or ids[-1] != tokenizer.eos_token_id):
         ids = ids + [tokenizer.eos_token_id]
     labels = list(ids)
+    if labels:
+        # Nothing predicts the first token. Without this, the last left-pad position would "predict" it, a loss term
+        # an unpadded sample does not have, and losses and gradients would depend on the batch's padding.
+        labels[0] = IGNORE
     if not train_on_inputs:
         n_prompt = len(tokenizer(prompt, truncation=True, max_length=cutoff_len, add_special_tokens=True)["input_ids"])
         labels[:n_prompt] = [IGNORE] * min(n_prompt, len(labels))
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def tokenizer_corpus(samples: Any) -> list[str]:
+    """Text that a tokenizer trained from scratch (tiny_llama) learns from: every instruction, input and output of
+    every split, the item titles, and "Yes"/"No". Features and fine-tuning both load the backbone with it."""
+    parts: list[str] = []
+    for split in ("train", "valid", "test"):
+        df = getattr(samples, split, None)
+        if df is not None:
+            parts += df["instruction"].tolist() + df["input"].tolist() + df["output"].tolist()
+    items = getattr(samples, "items", None)
+    if items is not None and "title" in items:
+        parts += items["title"].astype(str).tolist()
+    return parts + ["Yes", "No"]
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, *, cutoff_len: int = 512) -> dict[str, list[int]]:

@@ -6,6 +6,7 @@ The paper starts fine-tuning and gradient features from the Alpaca LoRA; ``lora_
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -16,9 +17,17 @@ from transformers import PreTrainedModel
 log = logging.getLogger(__name__)
 
 
-def attach_lora(model: PreTrainedModel, lora: LoraConfig, lora_init: str | None = None) -> PeftModel:
-    """Wrap ``model`` with a fresh LoRA (``lora``); copy weights from ``lora_init`` when given, checking shapes."""
-    peft_model = get_peft_model(model, lora)
+def attach_lora(model: PreTrainedModel, lora: LoraConfig, lora_init: str | None = None,
+                seed: int | None = None) -> PeftModel:
+    """Wrap ``model`` with a fresh LoRA (``lora``); copy weights from ``lora_init`` when given, checking shapes.
+
+    A fresh LoRA draws its A matrices from torch's global RNG (B starts at 0); ``seed`` fixes them, so that the
+    gradient features and the fine-tuning start from the same adapter phi_0 (as the paper's fixed Alpaca LoRA).
+    """
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        peft_model = get_peft_model(model, copy.deepcopy(lora))
     if lora_init:
         state = _read_adapter(lora_init)
         own = {k: v for k, v in peft_model.state_dict().items() if "lora_" in k}
@@ -29,13 +38,12 @@ def attach_lora(model: PreTrainedModel, lora: LoraConfig, lora_init: str | None 
                 raise ValueError(
                     f"lora_init={lora_init!r}: tensor {key} has shape {tuple(src.shape)} in the adapter but "
                     f"{tuple(value.shape)} in the model; the adapter was trained for another backbone or rank")
-        result = set_peft_model_state_dict(peft_model, state)
+        set_peft_model_state_dict(peft_model, state)
         missing = [k for k in own if _canonical(k) not in wanted]
         if len(missing) == len(own):
             raise ValueError(f"lora_init={lora_init!r}: none of its tensors match this model's LoRA parameters")
         log.info("initialised LoRA from %s (%d tensors, %d not in the adapter)", lora_init, len(own) - len(missing),
                  len(missing))
-        del result
     return peft_model
 
 
