@@ -49,9 +49,10 @@ def run(cfg: DictConfig) -> dict:
                 "experiment": cfg.experiment, "variant": _variant(hc.overrides.task)}
     job_config = OmegaConf.to_container(cfg, resolve=True)
     record = RunRecord(out_dir, identity, job_config, list(hc.overrides.task), Path(cfg.paths.root))
-    if cfg.resume and cfg.stage == "all" and record.already_done():
-        log.info("skipping %s: metrics.json already says ok for this config", out_dir)
-        return record.data
+    previous = record.finished_before() if cfg.resume and cfg.stage == "all" else None
+    if previous is not None:
+        log.info("skipping %s: metrics.json already says ok for this config (resume=false to rerun)", out_dir)
+        return previous
     record.write()
     loggers: list = []
     failed = True

@@ -38,15 +38,16 @@ class RunRecord:
             "run_dir": str(Path(run_dir).resolve()),
         }
 
-    def already_done(self) -> bool:
-        """True when this folder holds an ``ok`` metrics.json for the same config (a resumed sweep skips it)."""
+    def finished_before(self) -> dict[str, Any] | None:
+        """The folder's earlier metrics.json if it says ``ok`` for the same config (a resumed sweep skips the job)."""
         if not self.path.exists():
-            return False
+            return None
         try:
             old = json.loads(self.path.read_text())
         except ValueError:
-            return False
-        return old.get("status") == "ok" and old.get("config_key") == self.data["config_key"]
+            return None
+        same = old.get("status") == "ok" and old.get("config_key") == self.data["config_key"]
+        return old if same else None
 
     def update(self, values: dict[str, Any]) -> None:
         self.data.update({k: _jsonable(v) for k, v in values.items()})

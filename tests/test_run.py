@@ -10,7 +10,7 @@ import pytest
 from conftest import compose_run_config
 
 SLICE = ["data.max_train=48", "data.max_valid=16", "data.max_test=16", "model=tiny_llama", "trainer=cpu",
-         "trainer.max_epochs=1", "eval.max_new_tokens=8", "eval.num_beams=1", "logger=none", "budget=8"]
+         "trainer.lightning.max_epochs=1", "eval.max_new_tokens=8", "eval.num_beams=1", "logger=none", "budget=8"]
 
 
 def _run(overrides, tmp_path, name="job"):
