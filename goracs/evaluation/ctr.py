@@ -1,0 +1,51 @@
+"""TALLRec CTR evaluation: P(Yes) at the last prompt token, AUC, logloss and accuracy."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
+
+from goracs.models.encoding import answer_token_ids, collate_left, encode_prompt, p_yes
+
+log = logging.getLogger(__name__)
+
+# Probabilities are clipped to [EPS, 1 - EPS] in the logloss so a confident mistake costs ~16 nats, not infinity.
+EPS = 1e-7
+
+
+@torch.no_grad()
+def predict_p_yes(model, tokenizer, prompts: Sequence[str], *, batch_size: int, cutoff_len: int) -> np.ndarray:
+    """(N,) P(Yes) = softmax([z_yes, z_no])[0] with ``z`` the logits after the whole prompt (left padding)."""
+    yes_id, no_id = answer_token_ids(tokenizer)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="ctr scoring", unit="batch", leave=False):
+        enc = [encode_prompt(tokenizer, p, cutoff_len=cutoff_len) for p in prompts[start:start + batch_size]]
+        batch = {k: v.to(device) for k, v in collate_left(enc, pad).items()}
+        logits = model(**batch, logits_to_keep=1).logits[:, -1, :]
+        out.append(p_yes(logits, yes_id, no_id).cpu().numpy())
+    return np.concatenate(out) if out else np.empty(0)
+
+
+def ctr_metrics(labels: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """``auc`` (ROC AUC of P(Yes); NaN with a warning when the labels have one class), ``logloss``
+    = -mean(y log p + (1 - y) log(1 - p)) with p clipped to [EPS, 1 - EPS], ``accuracy`` = mean(1[p > 0.5] == y)."""
+    labels, p = np.asarray(labels, dtype=np.int64), np.asarray(p, dtype=np.float64)
+    if labels.shape != p.shape or labels.size == 0:
+        raise ValueError(f"labels {labels.shape} and probabilities {p.shape} must be equal-length, non-empty")
+    if len(np.unique(labels)) < 2:
+        log.warning("AUC is undefined: all %d test labels are %d; reporting NaN", labels.size, labels[0])
+        auc = math.nan
+    else:
+        auc = float(roc_auc_score(labels, p))
+    q = np.clip(p, EPS, 1 - EPS)
+    logloss = float(-np.mean(labels * np.log(q) + (1 - labels) * np.log(1 - q)))
+    accuracy = float(np.mean((p > 0.5).astype(np.int64) == labels))
+    return {"auc": auc, "logloss": logloss, "accuracy": accuracy}

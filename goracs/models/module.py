@@ -1,0 +1,117 @@
+"""``LoraRecModule``: the LightningModule that fine-tunes a LoRA-wrapped causal LM on one task.
+
+Losses (per-sample definitions in :mod:`goracs.models.encoding`):
+
+* SeqRec: causal-LM cross-entropy; a batch's loss is the mean over its samples of each sample's mean token CE,
+  ``L = (1/B) Σ_i Σ_t ℓ_it / #{t counted in i}``. This weighs samples equally whatever their length, and makes
+  ``val/loss`` an exact per-sample average independent of the eval batch size. (The official HF Trainer averages
+  over all tokens of a micro-batch; the two agree when samples have equal length.)
+* CTR: ``L = (1/B) Σ_i -log softmax([z_yes, z_no])[y_i]`` with ``z`` the logits at the last prompt token.
+
+Optimiser: AdamW on the trainable (LoRA) parameters only, learning rate warmed up linearly over ``warmup_steps``
+optimiser steps then decayed linearly to 0 at the last step (the HF ``linear`` schedule the official code uses).
+
+Checkpoints keep only the trainable parameters (a few MB), never the frozen base (540 MB for SmolLM2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from transformers import PreTrainedModel, get_linear_schedule_with_warmup
+
+from goracs.models.encoding import ctr_loss_per_sample, lm_loss_per_sample
+
+
+# Wrapper prefixes that FSDP / activation checkpointing insert into parameter names.
+_WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+class LoraRecModule(pl.LightningModule):
+    """Fine-tunes ``model`` (a PEFT model whose only trainable parameters are the adapter's).
+
+    ``answer_ids`` = (yes_id, no_id) from :func:`goracs.models.encoding.answer_token_ids`; required for CTR.
+    ``lr`` per optimiser step, ``weight_decay`` AdamW decoupled decay, ``warmup_steps`` in optimiser steps.
+    """
+
+    def __init__(self, model: PreTrainedModel, *, task: str, lr: float, weight_decay: float = 0.0,
+                 warmup_steps: int = 0, answer_ids: tuple[int, int] | None = None):
+        super().__init__()
+        if task not in ("seqrec", "ctr"):
+            raise ValueError(f"task={task!r}: expected 'seqrec' or 'ctr'")
+        if task == "ctr" and answer_ids is None:
+            raise ValueError("task='ctr' needs answer_ids=(yes_id, no_id) (see encoding.answer_token_ids)")
+        if lr <= 0 or warmup_steps < 0 or weight_decay < 0:
+            raise ValueError(f"trainer: lr={lr} must be > 0, warmup_steps={warmup_steps} and "
+                             f"weight_decay={weight_decay} >= 0")
+        self.model = model
+        self.task, self.lr, self.weight_decay, self.warmup_steps = task, lr, weight_decay, warmup_steps
+        self.answer_ids = answer_ids
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError("the model has no trainable parameters: attach a LoRA adapter before fine-tuning")
+
+    def per_sample_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B,) task loss of each sample in ``batch`` (see the module docstring)."""
+        if self.task == "seqrec":
+            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            return lm_loss_per_sample(out.logits, batch["labels"])
+        # Only the last position's logits are needed: skip the (B, T, vocab) LM-head product.
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
+        yes_id, no_id = self.answer_ids
+        return ctr_loss_per_sample(out.logits[:, -1, :], batch["label"], yes_id, no_id)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.per_sample_loss(batch).mean()
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.per_sample_loss(batch).mean()
+        # Lightning weights the epoch mean by batch_size, so val/loss is the mean over all validation samples.
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(self.warmup_steps, total)
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- checkpoints: the adapter only -------------------------------------------------------------------------
+
+    def trainable_names(self) -> set[str]:
+        return {_clean(n) for n, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.trainable_names()
+        checkpoint["state_dict"] = {_clean(k): v for k, v in checkpoint["state_dict"].items() if _clean(k) in keep}
+        # The monitored score at save time: the best checkpoint then carries the best val/loss (read by fine_tune).
+        metrics = self.trainer.callback_metrics if self._trainer is not None else {}
+        if "val/loss" in metrics:
+            checkpoint["val_loss"] = float(metrics["val/loss"])
+
+    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy adapter weights saved by :meth:`on_save_checkpoint` into the model; every trainable tensor must be
+        present and no other tensor may appear (a checkpoint from another model or task fails loudly)."""
+        keep = self.trainable_names()
+        state = {_clean(k): v for k, v in state.items()}
+        missing, unexpected = keep - set(state), set(state) - keep
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not match the adapter: missing {sorted(missing)[:3]}, "
+                             f"unexpected {sorted(unexpected)[:3]}")
+        params = {_clean(n): p for n, p in self.named_parameters()}
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value.to(device=params[name].device, dtype=params[name].dtype))
+
+
+def _clean(name: str) -> str:
+    for part in _WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name
