@@ -88,6 +88,7 @@ def _stages(cfg: DictConfig, record, out_dir: Path, loggers: list, job_config: d
     selector = instantiate(cfg.selection)
     method = HydraConfig.get().runtime.choices.get("selection")
     result, indices_path = _select(selector, pool, cfg, method, out_dir)
+    pool.features.release()  # the feature backbone is not needed for fine-tuning, which loads its own copy
     select_metrics = {f"select/{k}": v for k, v in result.stats.items()}
     record.update({"time/select_s": time.perf_counter() - t0, "n_selected": len(result.indices), **select_metrics,
                    **{f"select/{k}": v for k, v in result.traces.items()}})
@@ -183,8 +184,11 @@ def _fine_tune_and_evaluate(samples, indices: np.ndarray, cfg: DictConfig, logge
                     trainer=_plain(cfg.trainer), logger=loggers or None, out_dir=out_dir, seed=int(cfg.seed))
     t1 = time.perf_counter()
     ev = _plain(cfg.eval)
+    from goracs.cache import config_key
+
     metrics = evaluate(model, tokenizer, samples.test, samples.items, task=cfg.task.name,
-                       faithful=bool(cfg.task.faithful_prompts), **ev)
+                       faithful=bool(cfg.task.faithful_prompts), cache_dir=cfg.paths.cache_dir,
+                       model_key=config_key(_plain(cfg.model.backbone)), **ev)
     t2 = time.perf_counter()
     timings = {"time/train_s": t1 - t0, "time/eval_s": t2 - t1, "train/best_val_loss": fit.best_val_loss,
                "train/epochs": fit.epochs, "train/steps": fit.steps}

@@ -298,3 +298,28 @@ def test_llm_text_embedding_is_last_token_final_hidden_state(tmp_path):
     assert other.key("text_emb", "valid") != store.key("text_emb", "valid")
     with pytest.raises(ValueError, match="features.encoder_path=None"):
         _store(samples, tmp_path, CountingBackbone(), text_encoder="roberta_base")
+
+
+def test_seeded_repeats_for_averaged_grand(tmp_path):
+    """grad_norm@r: another LoRA draw (lora_seed + r) and dropout seed; @0 is the plain feature; GraNd averages."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from goracs.selection import Pool
+
+    samples = make_samples("seqrec")
+    store = _store(samples, tmp_path, CountingBackbone(), batch_size=4)
+    plain, r0, r1 = store.get("grad_norm"), store.get("grad_norm@0"), store.get("grad_norm@1")
+    np.testing.assert_array_equal(plain, r0)
+    assert not np.allclose(plain, r1)  # a different initial adapter gives different norms
+    again = _store(samples, tmp_path, CountingBackbone(forbid=True)).get("grad_norm@1")  # cached
+    np.testing.assert_array_equal(again, r1)
+    with pytest.raises(KeyError, match="non-negative integer"):
+        store.get("grad_norm@x")
+
+    grand = instantiate(OmegaConf.create({"_target_": "goracs.selection.scored.TopScoreSelector",
+                                          "features": ["grad_norm@0", "grad_norm@1"], "largest": True, "offset": 0}))
+    k = 3
+    picked = grand.select(Pool(size=len(samples.train), features=store), k, seed=0).indices
+    expected = np.sort(np.argsort(-(plain + r1) / 2, kind="stable")[:k])
+    np.testing.assert_array_equal(picked, expected)

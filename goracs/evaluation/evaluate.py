@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from goracs.cache import DiskCache, config_key
 from goracs.evaluation.ctr import ctr_metrics, predict_p_yes
 from goracs.evaluation.grounding import (catalogue_positions, clean_text, embed_texts, generate, ground_ranks,
                                          title_groups)
@@ -24,7 +28,8 @@ _ROWS_PER_CHUNK = 256  # rows of the (rows x catalogue) distance matrix held at 
 
 def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task: str, faithful: bool,
              num_beams: int, max_new_tokens: int, batch_size: int, topk: Sequence[int], cutoff_len: int,
-             embed_batch_size: int = 64, device: str | None = None) -> dict[str, float]:
+             embed_batch_size: int = 64, device: str | None = None, cache_dir: str | Path | None = None,
+             model_key: str | None = None) -> dict[str, float]:
     """Test metrics of a fine-tuned model, keys without the ``test/`` prefix.
 
     SeqRec: ``ndcg@K``, ``hit@K`` (sampled protocol: target + its ``negatives``), ``ndcg@K_full``, ``hit@K_full``
@@ -32,7 +37,9 @@ def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task:
     title). Rows with several ``targets`` (DEALRec test) count the best-ranked target. CTR: ``auc`` (NaN with a
     warning when the test labels have one class), ``logloss``, ``accuracy``.
     ``device``: where to run (None = CUDA when available, else CPU); the model is moved there (unless quantised or
-    device-mapped) and set to eval mode.
+    device-mapped) and set to eval mode. ``cache_dir`` + ``model_key`` (a hash of the base model's spec): cache the
+    catalogue's title embeddings, which depend on the base model only (the adapter is disabled), across the jobs
+    of a sweep.
     """
     if len(test) == 0:
         raise ValueError("the test set is empty: nothing to evaluate")
@@ -46,7 +53,8 @@ def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task:
     if task == "seqrec":
         metrics = _seqrec(model, tokenizer, test, items, faithful=faithful, num_beams=num_beams,
                           max_new_tokens=max_new_tokens, batch_size=batch_size, topk=topk, cutoff_len=cutoff_len,
-                          embed_batch_size=embed_batch_size)
+                          embed_batch_size=embed_batch_size,
+                          title_cache=(DiskCache(cache_dir), model_key) if cache_dir and model_key else None)
     elif task == "ctr":
         prompts = [prompt_text(r, "ctr", purpose="infer", faithful=faithful) for r in test.to_dict("records")]
         p = predict_p_yes(model, tokenizer, prompts, batch_size=batch_size, cutoff_len=cutoff_len)
@@ -60,7 +68,7 @@ def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task:
 
 def _seqrec(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, faithful: bool, num_beams: int,
             max_new_tokens: int, batch_size: int, topk: Sequence[int], cutoff_len: int,
-            embed_batch_size: int) -> dict[str, float]:
+            embed_batch_size: int, title_cache: tuple[DiskCache, str] | None) -> dict[str, float]:
     if not topk or any(int(k) < 1 for k in topk):
         raise ValueError(f"eval.topk={list(topk)}: expected a non-empty list of cut-offs >= 1")
     rows = test.to_dict("records")
@@ -75,7 +83,7 @@ def _seqrec(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, faithf
     # Duplicate titles share one embedding: embed each distinct title once, then spread it over its ids.
     groups = title_groups(items["title"].astype(str).tolist())
     distinct = list(groups)
-    title_emb = embed_texts(model, tokenizer, distinct, batch_size=embed_batch_size, desc="embedding titles")
+    title_emb = _title_embeddings(model, tokenizer, distinct, embed_batch_size, title_cache)
     item_emb = torch.empty(len(items), title_emb.shape[1])
     for g, title in enumerate(distinct):
         item_emb[groups[title]] = title_emb[g]
@@ -106,6 +114,30 @@ def _seqrec(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, faithf
         metrics[f"hit@{k}_full"] = hit_at_k(full_ranks, k)
     metrics["exact_match"] = float(np.mean([g in groups for g in generated]))
     return metrics
+
+
+def _title_embeddings(model, tokenizer, titles: list[str], batch_size: int,
+                      cache: tuple[DiskCache, str] | None) -> torch.Tensor:
+    """Base-model embeddings of the distinct catalogue titles, read from / written to the cache when given."""
+    if cache is None:
+        return embed_texts(model, tokenizer, titles, batch_size=batch_size, desc="embedding titles")
+    disk, model_key = cache
+    digest = hashlib.sha256("\n".join(titles).encode("utf-8")).hexdigest()
+    # The vocabulary joins the key: a tokenizer trained on the data (tiny_llama) changes the model with the data.
+    vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode("utf-8")).hexdigest()
+    key = config_key({"model": model_key, "vocab": vocab, "titles": digest})
+    hit = disk.lookup("item_embeddings", key, "npy")
+    if hit is not None:
+        log.info("title embeddings read from %s", hit)
+        return torch.from_numpy(np.load(hit, allow_pickle=False))
+    emb = embed_texts(model, tokenizer, titles, batch_size=batch_size, desc="embedding titles")
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.save(f, emb.float().cpu().numpy(), allow_pickle=False)
+
+    disk.store("item_embeddings", key, "npy", write, spec={"model": model_key, "titles": digest, "n": len(titles)})
+    return emb
 
 
 def _candidate_columns(rows: list[dict], items: pd.DataFrame) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -72,12 +72,15 @@ class FeatureStore:
         self._memo: dict[tuple[str, str], np.ndarray] = {}
         self._digests: dict[str, str] = {}
         self._model = self._tokenizer = None
+        self._repeat = 0
 
     def get(self, name: str, split: str = "train") -> np.ndarray:
         if split not in SPLITS:
             raise KeyError(f"unknown split {split!r}; expected one of {SPLITS}")
-        if name not in FEATURES:
-            raise KeyError(f"feature {name!r} is not available; available: {list(FEATURES)}")
+        base, _ = split_repeat(name)
+        if base not in FEATURES or (name != base and base not in GRADIENT_FEATURES):
+            raise KeyError(f"feature {name!r} is not available; available: {list(FEATURES)} (gradient features also "
+                           f"as <name>@<r>: repeat r with LoRA seed lora_seed+r and dropout seed dropout_seed+r)")
         if (name, split) not in self._memo:
             self._memo[(name, split)] = self._fetch(name, split)
         return self._memo[(name, split)]
@@ -88,7 +91,10 @@ class FeatureStore:
 
     def spec(self, name: str, split: str) -> dict:
         """Everything that determines the values of feature ``name`` on ``split``."""
+        name, repeat = split_repeat(name)
         spec = {"feature": name, "task": self.task, "faithful": self.faithful, "samples": self._digest(split)}
+        if repeat:
+            spec["repeat"] = repeat  # repeat 0 is the plain feature: same key, same cache entry
         if name == "text_emb":
             spec.update(self.cfg.embedding_spec())
             if self.cfg.text_encoder == "llm":
@@ -115,8 +121,12 @@ class FeatureStore:
         cached = self._read(name, split)
         if cached is not None:
             return cached
+        base, repeat = split_repeat(name)
         if name == "text_emb":
             results = {"text_emb": self._embed(split)}
+        elif repeat:
+            values = self._gradient_pass(split, [base], repeat)[base]
+            results = {name: values}
         else:
             missing = [f for f in ("loss", "el2n", "grad_norm") if f != name and self._read(f, split) is None]
             results = self._gradient_pass(split, [name] + missing)
@@ -139,14 +149,14 @@ class FeatureStore:
                           num_processes=self.cfg.num_processes, desc=f"text_emb/{split}")
         return out["text_emb"].astype(np.float32)
 
-    def _gradient_pass(self, split: str, want: list[str]) -> dict[str, np.ndarray]:
-        model, tokenizer = self._load()
+    def _gradient_pass(self, split: str, want: list[str], repeat: int = 0) -> dict[str, np.ndarray]:
+        model, tokenizer = self._load(repeat)
         cfg = self.cfg
         items = encode_split(self._frame(split), self.task, tokenizer, cutoff_len=cfg.cutoff_len,
                              faithful=self.faithful)
         yes_no = answer_token_ids(tokenizer) if self.task == "ctr" else None
         fn = GradientExtractor(model, self.task, cfg.grad_params, pad_id=tokenizer.pad_token_id, yes_no=yes_no,
-                               dropout=cfg.dropout, dropout_seed=cfg.dropout_seed, projection=None, want=want)
+                               dropout=cfg.dropout, dropout_seed=cfg.dropout_seed + repeat, projection=None, want=want)
         if "grad_proj" in want:
             fn.projection = make_projection(cfg.projection, fn.param_dim(), cfg.proj_dim, cfg.proj_seed)
         log.info("gradient pass over %d %s samples for %s", len(items), split, want)
@@ -157,15 +167,21 @@ class FeatureStore:
             fn.release()
         return {k: v.astype(np.float32) for k, v in out.items()}
 
-    def _load(self):
-        if self._model is None:
+    def _load(self, repeat: int = 0):
+        """The backbone with its initial LoRA; repeat r draws a fresh adapter with seed lora_seed + r (one at a time)."""
+        if self._model is None or self._repeat != repeat:
             from goracs.models.lora import attach_lora
 
+            self._model = None  # free the previous copy before loading the next
             model, tokenizer = self.backbone.load(tokenizer_corpus(self.samples))
-            self._model = attach_lora(model, self.lora, self.lora_init, seed=self.cfg.lora_seed)
-            self._tokenizer = tokenizer
+            self._model = attach_lora(model, self.lora, self.lora_init, seed=self.cfg.lora_seed + repeat)
+            self._tokenizer, self._repeat = tokenizer, repeat
             self.model_loads += 1
         return self._model, self._tokenizer
+
+    def release(self) -> None:
+        """Drop the backbone (features already computed stay available)."""
+        self._model = self._tokenizer = None
 
     # -- cache ---------------------------------------------------------------------------------------------------
 
@@ -204,6 +220,16 @@ class FeatureStore:
     def _model_spec(self) -> dict:
         return {"backbone": self.backbone.spec(), "lora": lora_spec(self.lora), "lora_init": adapter_identity(
             self.lora_init)}
+
+
+def split_repeat(name: str) -> tuple[str, int]:
+    """``"grad_norm@2"`` -> ``("grad_norm", 2)``; ``"grad_norm"`` -> ``("grad_norm", 0)``."""
+    base, sep, rep = name.partition("@")
+    if not sep:
+        return name, 0
+    if not rep.isdigit():
+        raise KeyError(f"feature {name!r}: the repeat after '@' must be a non-negative integer")
+    return base, int(rep)
 
 
 def lora_spec(lora: Any) -> Any:

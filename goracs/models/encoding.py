@@ -112,7 +112,10 @@ def lm_loss_per_sample(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     """(B,) mean next-token cross-entropy over the counted (label != -100) tokens of each sample."""
     shift_logits = logits[:, :-1, :].float()
     shift_labels = labels[:, 1:]
-    tok = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE, reduction="none")
+    b, t, v = shift_logits.shape
+    # (B*T, V) rows: same maths as the (B, V, T) layout, ~3x faster on CPU (contiguous vocab rows).
+    tok = F.cross_entropy(shift_logits.reshape(b * t, v), shift_labels.reshape(b * t), ignore_index=IGNORE,
+                          reduction="none").view(b, t)
     counted = (shift_labels != IGNORE).sum(dim=1).clamp(min=1)
     return tok.sum(dim=1) / counted
 
