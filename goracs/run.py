@@ -46,7 +46,7 @@ def run(cfg: DictConfig) -> dict:
     choices = hc.runtime.choices
     identity = {"data": cfg.data.name, "task": cfg.task.name, "model": cfg.model.name,
                 "selection": choices.get("selection"), "budget": int(cfg.budget), "seed": int(cfg.seed),
-                "experiment": cfg.experiment, "variant": _variant(hc.overrides.task)}
+                "experiment": cfg.experiment_name, "variant": _variant(hc.overrides.task)}
     job_config = OmegaConf.to_container(cfg, resolve=True)
     record = RunRecord(out_dir, identity, job_config, list(hc.overrides.task), Path(cfg.paths.root))
     previous = record.finished_before() if cfg.resume and cfg.stage == "all" else None
@@ -206,7 +206,8 @@ def _print_table(title: str, values: dict) -> None:
 
 def _variant(overrides) -> str:
     """The job's overrides beyond the table axes, e.g. "selection.lam=0.0" (report rows for ablations)."""
-    axes = {"budget", "seed", "selection", "data", "task", "model", "experiment", "resume", "stage", "logger"}
+    axes = {"budget", "seed", "selection", "data", "task", "model", "experiment", "experiment_name", "resume",
+            "stage", "logger"}
     rest = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in axes)
     return ",".join(rest) or "default"
 

@@ -60,7 +60,8 @@ class RunRecord:
 
 def job_key(job_config: dict[str, Any]) -> str:
     """Hash of the resolved job config without the keys that do not change results (logger, paths, resume)."""
-    relevant = {k: v for k, v in job_config.items() if k not in ("logger", "paths", "resume", "hydra", "tags")}
+    ignored = ("logger", "paths", "resume", "hydra", "tags", "experiment_name")
+    relevant = {k: v for k, v in job_config.items() if k not in ignored}
     return config_key(relevant)
 
 
