@@ -1,0 +1,33 @@
+"""W&B offline: a run writes its offline run folder; the metrics logged there equal metrics.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import compose_run_config
+from wandb_records import summary_and_config
+
+
+def test_offline_run_holds_the_test_metrics(tmp_path, shared_data, monkeypatch):
+    from goracs.run import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "job"
+    cfg = compose_run_config(["model=tiny_llama", "selection=random", "budget=8", "data.max_train=32",
+                              "data.max_valid=8", "data.max_test=8", "trainer.lightning.max_epochs=1",
+                              "eval.max_new_tokens=4", "eval.num_beams=1", "logger=wandb",
+                              "logger.wandb.mode=offline", "experiment_name=wandb_test"], out, tmp_path / "cache")
+    metrics = run(cfg)
+    runs = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, "expected exactly one offline W&B run in the job folder"
+    summary, config = summary_and_config(runs[0])
+    on_disk = json.loads((out / "metrics.json").read_text())
+    test_keys = [k for k in on_disk if k.startswith("test/")]
+    assert test_keys and metrics["status"] == "ok"
+    for key in test_keys:
+        assert summary[key] == pytest.approx(on_disk[key], rel=1e-9, abs=1e-12), key
+    assert config["budget"] == 8 and config["experiment_name"] == "wandb_test"
+    assert "select/time_s" in summary
