@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -55,7 +56,8 @@ class FeatureStore:
 
     Attributes:
         computed: ``(feature, split)`` pairs this store computed (rather than read from the cache), in order.
-        model_loads: how many times the backbone was loaded (0 or 1).
+        model_loads: how many times the backbone was loaded (one per gradient repeat used).
+        seconds: wall time spent computing or reading features.
     """
 
     def __init__(self, samples: Any, backbone: Any, lora: Any, lora_init: str | None, *, faithful: bool,
@@ -69,6 +71,7 @@ class FeatureStore:
         self.cache = DiskCache(cache_dir)
         self.computed: list[tuple[str, str]] = []
         self.model_loads = 0
+        self.seconds = 0.0  # wall time spent computing or reading features (excluded from selection times)
         self._memo: dict[tuple[str, str], np.ndarray] = {}
         self._digests: dict[str, str] = {}
         self._model = self._tokenizer = None
@@ -82,7 +85,9 @@ class FeatureStore:
             raise KeyError(f"feature {name!r} is not available; available: {list(FEATURES)} (gradient features also "
                            f"as <name>@<r>: repeat r with LoRA seed lora_seed+r and dropout seed dropout_seed+r)")
         if (name, split) not in self._memo:
+            t0 = time.perf_counter()
             self._memo[(name, split)] = self._fetch(name, split)
+            self.seconds += time.perf_counter() - t0
         return self._memo[(name, split)]
 
     def key(self, name: str, split: str) -> str:
