@@ -17,11 +17,13 @@ SHARED = REPO.parent / "shared" / "data"
 
 
 def data_config(preset: str, **overrides) -> dict:
-    """``conf/data/<preset>.yaml`` resolved with ``paths.shared_data`` = ``SHARED``, then ``overrides``
+    """``conf/data/<preset>.yaml`` resolved with ``paths.shared_data`` = ``SHARED``, uncapped, then ``overrides``
     (top-level keys, or ``"source.<key>"`` passed through ``**{...}``)."""
     preset_yaml = OmegaConf.load(REPO / "conf" / "data" / f"{preset}.yaml")
     cfg = OmegaConf.create({"paths": {"shared_data": str(SHARED)}, "data": preset_yaml})
     data = OmegaConf.to_container(cfg.data, resolve=True)
+    # Tests check the whole data set: drop the demo's CPU caps (ml100k) unless a test sets its own.
+    data.update(max_train=None, max_valid=None, max_test=None)
     for key, value in overrides.items():
         if key.startswith("source."):
             data["source"][key.split(".", 1)[1]] = value

@@ -187,8 +187,13 @@ def _contiguous_head(model: PreTrainedModel) -> PreTrainedModel:
     """
     head = model.get_output_embeddings()
     if head is not None:
-        head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
+        head.register_forward_pre_hook(_contiguous_input)
     return model
+
+
+def _contiguous_input(_module, args):
+    # A module-level function, not a lambda: ddp_spawn pickles the model with its hooks.
+    return (args[0].contiguous(), *args[1:])
 
 
 def _locate_gguf(gguf_path: str | None, name: str) -> tuple[str, str]:
