@@ -29,11 +29,13 @@ def main(cfg: DictConfig) -> float | None:
     """Console entry; user mistakes end with a one-paragraph message and exit code 2, not a traceback."""
     try:
         metrics = run(cfg)
-    except USER_ERRORS as e:
+    except Exception as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            return None  # recorded as failed in metrics.json; the other jobs of the sweep go on
-        log.error("%s: %s", type(e).__name__, e)
-        raise SystemExit(2) from None
+            return None  # recorded as failed in metrics.json (with the traceback in the log); the sweep goes on
+        if isinstance(e, USER_ERRORS):
+            log.error("%s: %s", type(e).__name__, e)
+            raise SystemExit(2) from None
+        raise
     return metrics.get("test/ndcg@10", metrics.get("test/auc")) if metrics else None
 
 

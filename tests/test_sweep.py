@@ -14,9 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _launch(sweep: Path, cache: Path) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "goracs.run", "-m", "experiment_name=test_sweep", "selection=random,grand", "budget=4,8",
-            "model=tiny_llama", "data.max_train=32", "data.max_valid=8", "data.max_test=8",
+def _launch(sweep: Path, cache: Path, axes=("selection=random,grand", "budget=4,8")) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "goracs.run", "-m", "experiment_name=test_sweep", *axes, "model=tiny_llama", "data.max_train=32", "data.max_valid=8", "data.max_test=8",
             "trainer.lightning.max_epochs=1", "eval.max_new_tokens=4", "eval.num_beams=1", "logger=none",
             f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache}"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
@@ -28,7 +27,7 @@ def test_multirun_report_and_resume(tmp_path, shared_data):
     sweep, cache = tmp_path / "sweep", tmp_path / "cache"
     first = _launch(sweep, cache)
     assert first.returncode == 0, first.stderr[-3000:]
-    files = sorted(sweep.glob("*/metrics.json"))
+    files = sorted(sweep.rglob("metrics.json"))
     assert len(files) == 4
     runs = [json.loads(f.read_text()) for f in files]
     assert {(r["selection"], r["budget"]) for r in runs} == {("random", 4), ("random", 8), ("grand", 4), ("grand", 8)}
@@ -50,3 +49,13 @@ def test_multirun_report_and_resume(tmp_path, shared_data):
     assert second.returncode == 0, second.stderr[-3000:]
     assert {f: f.stat().st_mtime_ns for f in files} == stamps
     assert (second.stdout + second.stderr).count("skipping") == 4
+
+
+@pytest.mark.slow
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path, shared_data):
+    sweep = tmp_path / "sweep"
+    done = _launch(sweep, tmp_path / "cache", axes=("selection=random", "budget=100000,4", "stage=select"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {r["budget"]: r for r in (json.loads(f.read_text()) for f in sweep.rglob("metrics.json"))}
+    assert runs[100000]["status"] == "failed" and "larger than the training pool" in runs[100000]["error"]
+    assert runs[4]["status"] == "ok" and runs[4]["n_selected"] == 4
