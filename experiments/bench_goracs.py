@@ -38,21 +38,10 @@ def main() -> None:
         print("RESULT " + json.dumps(_run_one(json.loads(args.one))), flush=True)
         return
     rows = []
-    shape_a = dict(n_train=5000 if args.quick else 20000, n_valid=2000, dim=384)
-    data_a = _inputs(**shape_a, check=not args.quick)
-    common = dict(data=str(data_a), budget=500, lam=0.1, cut_num=30, max_iters=50, threads=args.threads)
-    configs = [dict(common, name="greedy: lazy vs dense brute force", refine=False, reference=True)]
-    configs += [dict(common, name="ITRA official pruning", pruning="official")]
-    if not args.quick:
-        configs += [dict(common, name="ITRA official, no screening", pruning="official", screen=False,
-                         max_iters=args.noscreen_iters)]
-    configs += [dict(common, name="ITRA corrected pruning", pruning="corrected"),
-                dict(common, name="ITRA corrected, bound order", pruning="corrected", pair_order="bound"),
-                dict(common, name="ITRA corrected, sinkhorn", pruning="corrected", solver="sinkhorn")]
-    for n_train in ([] if args.quick else [10000, 20000, 40000, 80000, 160000]):
-        data = _inputs(n_train=n_train, n_valid=2000, dim=384, check=False)
-        configs.append(dict(common, data=str(data), name=f"greedy scale N={n_train}", refine=False))
-    if args.paper:
+    configs = []
+    if not args.paper_only:
+        configs = _shape_a_configs(args)
+    if args.paper or args.paper_only:
         data = _inputs(n_train=140000, n_valid=5000, dim=768, check=False)
         configs.append(dict(data=str(data), name="paper shape (Games)", budget=1024, lam=0.1, cut_num=30,
                             threads=args.threads,
@@ -68,10 +57,30 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(rows, indent=1))
 
 
+def _shape_a_configs(args) -> list[dict]:
+    """Shape (a) of ../shared/bench (fidelity and speed against the official figures) and the greedy scale series."""
+    shape_a = dict(n_train=5000 if args.quick else 20000, n_valid=2000, dim=384)
+    data_a = _inputs(**shape_a, check=not args.quick)
+    common = dict(data=str(data_a), budget=500, lam=0.1, cut_num=30, max_iters=50, threads=args.threads)
+    configs = [dict(common, name="greedy: lazy vs dense brute force", refine=False, reference=True)]
+    configs += [dict(common, name="ITRA official pruning", pruning="official")]
+    if not args.quick:
+        configs += [dict(common, name="ITRA official, no screening", pruning="official", screen=False,
+                         max_iters=args.noscreen_iters)]
+    configs += [dict(common, name="ITRA corrected pruning", pruning="corrected"),
+                dict(common, name="ITRA corrected, bound order", pruning="corrected", pair_order="bound"),
+                dict(common, name="ITRA corrected, sinkhorn", pruning="corrected", solver="sinkhorn")]
+    for n_train in ([] if args.quick else [10000, 20000, 40000, 80000, 160000]):
+        data = _inputs(n_train=n_train, n_valid=2000, dim=384, check=False)
+        configs.append(dict(common, data=str(data), name=f"greedy scale N={n_train}", refine=False))
+    return configs
+
+
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="N=5000 shape-(a) subset, no scale series")
     p.add_argument("--paper", action="store_true", help="add the paper's Games shape (slow, ~4 GiB)")
+    p.add_argument("--paper-only", action="store_true", help="only the paper's Games shape")
     p.add_argument("--paper-pruning", default="corrected", choices=["official", "corrected"])
     p.add_argument("--noscreen-iters", type=int, default=3, help="accepted swaps for the no-screening timing row")
     p.add_argument("--threads", type=int, default=0,
