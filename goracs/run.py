@@ -31,7 +31,8 @@ def main(cfg: DictConfig) -> float | None:
         metrics = run(cfg)
     except Exception as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            return None  # recorded as failed in metrics.json (with the traceback in the log); the sweep goes on
+            log.error("job failed, the sweep goes on: %s: %s", type(e).__name__, e)
+            return None  # recorded as failed in metrics.json
         if isinstance(e, USER_ERRORS):
             log.error("%s: %s", type(e).__name__, e)
             raise SystemExit(2) from None
@@ -64,7 +65,8 @@ def run(cfg: DictConfig) -> dict:
         failed = False
         return metrics
     except Exception as e:
-        log.exception("job failed")
+        # A user mistake gets its one-paragraph message from main(); the traceback is only for debugging.
+        log.log(logging.DEBUG if isinstance(e, USER_ERRORS) else logging.ERROR, "job failed", exc_info=True)
         record.update({"status": "failed", "error": f"{type(e).__name__}: {e}"})
         raise
     finally:
@@ -137,6 +139,8 @@ def _select(selector, pool, cfg: DictConfig, method: str, out_dir: Path):
     from goracs.selection import SelectionResult
 
     budget = int(cfg.budget)
+    if budget <= 0:  # checked before any feature is computed
+        raise ValueError(f"budget={budget}: expected a positive number of training samples")
     if method != "full" and budget > pool.size:
         raise ValueError(f"budget={budget} is larger than the training pool ({pool.size} samples); lower budget= "
                          f"or raise data.max_train, or use selection=full")
