@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,12 @@ def test_data_stage_prints_statistics(tmp_path, shared_data, capsys):
     metrics, _ = _run(["stage=data", "task=ctr"], tmp_path)
     out = capsys.readouterr().out
     assert "ml100k / ctr" in out and metrics["status"] == "ok"
+
+
+@pytest.mark.parametrize("method", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "selection").glob("*.yaml")))
+def test_every_selection_method_runs_the_whole_pipeline(tmp_path, shared_data, method):
+    """Each conf/selection/*.yaml, end to end on tiny_llama (features shared through one cache per test)."""
+    metrics, _ = _run([f"selection={method}", "task=seqrec"], tmp_path)
+    assert metrics["status"] == "ok" and metrics["selection"] == method
+    expected = 48 if method == "full" else 8  # full ignores the budget: the whole (capped) pool
+    assert metrics["n_selected"] == expected and math.isfinite(metrics["test/ndcg@10"])
