@@ -154,7 +154,8 @@ def _run_one(cfg: dict) -> dict:
     res = sel.select(pool, cfg["budget"], seed=0)
     row["cpu_s"] = time.process_time() - cpu0  # CPU seconds: steadier than wall time on a shared machine
     row.update({k: res.stats.get(k) for k in ("time_s", "time_greedy_s", "time_refine_s", "poo_greedy", "poo_final",
-                                                "exchanges_accepted", "exchanges_tried", "exchanges_screened")})
+                                                "exchanges_accepted", "exchanges_tried", "exchanges_screened",
+                                                "time_prune_s", "time_solve_s")})
     row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return row
 
@@ -187,7 +188,8 @@ def _dense_greedy(cost, budget: int) -> list[int]:
 def _table(rows: list[dict]) -> str:
     from tabulate import tabulate
 
-    cols = ["name", "N", "M", "n", "time_s", "cpu_s", "time_greedy_s", "time_refine_s", "poo_greedy", "poo_final",
+    cols = ["name", "N", "M", "n", "time_s", "cpu_s", "time_greedy_s", "time_refine_s", "time_prune_s", "time_solve_s",
+            "poo_greedy", "poo_final",
             "exchanges_accepted", "exchanges_tried", "exchanges_screened", "peak_rss_gib", "lazy_greedy_s",
             "dense_greedy_s", "speedup", "identical_picks", "error"]
     used = [c for c in cols if any(c in r and r[c] is not None for r in rows)]

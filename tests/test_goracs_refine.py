@@ -66,6 +66,7 @@ def test_removal_potentials_brute_force():
     rng = np.random.default_rng(3)
     cost_s = torch.from_numpy(rng.random((6, 9)))
     u = torch.from_numpy(rng.random(6))
+    cost_s[4], u[4] = cost_s[1], u[1]  # a column minimum attained twice: removing either row leaves it in place
     w = removal_potentials(cost_s, u, torch.arange(6)).numpy()
     shifted = cost_s.numpy() - u.numpy()[:, None]
     for p in range(6):
@@ -96,3 +97,23 @@ def test_bound_order_reaches_no_worse_with_exact_acceptance():
                  pair_order="bound", chunk_size=32)
     assert out.trace[-1] <= out.trace[0]
     assert all(b < a for a, b in zip(out.trace, out.trace[1:]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("n_sel,cut_num", [(8, 3), (20, 6), (4, 30)])
+def test_corrected_outer_ranking_equals_scoring_every_row(seed, n_sel, cut_num):
+    """The bound-pruned outer list equals a literal ranking of F on every row (ties to the lowest id)."""
+    cost = _cost(seed, n_rows=300, n_cols=45)
+    if seed == 2:  # duplicated rows: exact ties in F across rows
+        cost = torch.cat([cost[:150], cost[:150]])
+    rows = greedy_init(cost, n_sel, chunk_size=64)
+    _, u = ExactOT().solve(cost[rows])
+    c = cost.numpy().astype(np.float32)
+    v = (c[rows].astype(np.float64) - u[:, None]).min(axis=0).astype(np.float32)
+    r = int(np.ceil(45 / n_sel))
+    low = np.sort((c - v).astype(np.float32), axis=1)[:, :r].astype(np.float64)  # R smallest, as float64
+    f = (low - low[:, -1:]).sum(axis=1) / 45 + low[:, -1] / n_sel
+    out_rows = np.setdiff1d(np.arange(len(c)), rows)
+    expected = out_rows[np.argsort(f[out_rows], kind="stable")[:cut_num]].tolist()
+    _, outer = prune_candidates(cost, rows, u, cut_num=cut_num, mode="corrected", chunk_size=7)
+    assert outer == expected

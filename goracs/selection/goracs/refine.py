@@ -118,6 +118,7 @@ def _pair_bounds(
     w = removal_potentials(cost[_index(rows, cost)], u, inner_pos)  # (I, M) float64
     base = a * (u.sum() - u[inner_pos]) + b * w.sum(dim=1)
     z = cost[_index(outer, cost)].double().unsqueeze(0) - w.unsqueeze(1)  # (I, O, M)
-    y = z.kthvalue(r, dim=2).values
-    gain = a * y + b * (z - y.unsqueeze(2)).clamp_max_(0).sum(dim=2)
+    low = z.topk(r, dim=2, largest=False).values  # only these can lie below y: Σ_j min(0, z_j - y) = Σ_low (z - y)
+    y = low[..., -1]
+    gain = a * y + b * (low - y.unsqueeze(2)).sum(dim=2)
     return (base.unsqueeze(1) + gain).cpu().numpy()
