@@ -130,10 +130,7 @@ def _official_scores(block_src: torch.Tensor, v: torch.Tensor, r: int, n: int, c
 
 
 def _corrected_scores(block_src: torch.Tensor, f: torch.Tensor, r: int, n: int, chunk_size: int) -> torch.Tensor:
-    """F with ŷ = R-th smallest of ``z = C_k - f_k``; ``f`` is (1, M) (shared) or one row per source row.
-
-    Only the R smallest entries lie below ŷ, so ``Σ_j min(z_j - ŷ, 0) = Σ_{R smallest} (z_j - ŷ)``: one top-k per row.
-    """
+    """F = :func:`dual_gain` of ``z = C_k - f_k`` per row; ``f`` is (1, M) (shared) or one row per source row."""
     rows, cols = block_src.shape
     out = torch.empty(rows, dtype=torch.float64, device=block_src.device)
     buf = torch.empty((min(chunk_size, rows), cols), dtype=block_src.dtype, device=block_src.device)
@@ -141,7 +138,16 @@ def _corrected_scores(block_src: torch.Tensor, f: torch.Tensor, r: int, n: int, 
         fk = f if f.shape[0] == 1 else f[start : start + chunk_size]
         z = buf[: min(chunk_size, rows - start)]
         torch.sub(block_src[start : start + chunk_size], fk.to(block_src.dtype), out=z)  # reused: see greedy._decrease
-        low = z.topk(k=r, dim=1, largest=False).values.double()
-        y = low[:, -1]
-        out[start : start + chunk_size] = (low - y.unsqueeze(1)).sum(dim=1) / cols + y / n
+        out[start : start + chunk_size] = dual_gain(z, r, n)
     return out
+
+
+def dual_gain(z: torch.Tensor, r: int, n: int) -> torch.Tensor:
+    """``max_y [y/n + (1/M) Σ_j min(0, z_j - y)]`` over the last dimension (size M), in float64.
+
+    The concave function peaks at ``y`` = the R-th smallest ``z`` (R = ceil(M/n)), and only the R smallest entries
+    lie below it, so ``Σ_j min(0, z_j - y) = Σ_{R smallest} (z_j - y)``: one top-k, no pass over the rest.
+    """
+    low = z.topk(k=r, dim=-1, largest=False).values.double()
+    y = low[..., -1]
+    return (low - y.unsqueeze(-1)).sum(dim=-1) / z.shape[-1] + y / n

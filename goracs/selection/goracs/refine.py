@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from goracs.selection.goracs.ot import OTSolver
-from goracs.selection.goracs.pruning import prune_candidates, removal_potentials
+from goracs.selection.goracs.pruning import dual_gain, prune_candidates, removal_potentials
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,4 @@ def _pair_bounds(
     w = removal_potentials(cost[_index(rows, cost)], u, inner_pos)  # (I, M) float64
     base = a * (u.sum() - u[inner_pos]) + b * w.sum(dim=1)
     z = cost[_index(outer, cost)].double().unsqueeze(0) - w.unsqueeze(1)  # (I, O, M)
-    low = z.topk(r, dim=2, largest=False).values  # only these can lie below y: Σ_j min(0, z_j - y) = Σ_low (z - y)
-    y = low[..., -1]
-    gain = a * y + b * (low - y.unsqueeze(2)).sum(dim=2)
-    return (base.unsqueeze(1) + gain).cpu().numpy()
+    return (base.unsqueeze(1) + dual_gain(z, r, n)).cpu().numpy()  # + max_y [a y + b Σ_j min(0, z_j - y)]
