@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from adapter_steps import adapter_losses
 import numpy as np
 import pandas as pd
 import pytest
@@ -102,15 +103,7 @@ def test_loss_decreases_on_a_repeated_batch(task):
     data.setup()
     batch = next(iter(data.train_dataloader()))
     module = LoraRecModule(model, task=task, lr=1e-2, answer_ids=answer_token_ids(tok) if task == "ctr" else None)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
-    model.train()
-    losses = []
-    for _ in range(10):
-        loss = module.per_sample_loss(batch).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adapter_losses(module, model, batch, lr=5e-2, steps=10)
     # A random-init model learns slowly through a rank-4 q/v adapter: ask for a clear decrease of the smoothed loss.
     # (Same batch, no dropout: nothing but the updates changes the loss.)
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05 and losses[-1] < losses[0], losses

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from adapter_steps import adapter_losses
 import pandas as pd
 import pytest
 import torch
@@ -47,15 +48,7 @@ def test_lora_loss_decreases_on_a_repeated_batch(smollm2):
     data.setup()
     batch = data.collate(data.train_set)
     module = LoraRecModule(model, task="seqrec", lr=5e-3)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
-    model.train()
-    losses = []
-    for _ in range(3):
-        loss = module.per_sample_loss(batch).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adapter_losses(module, model, batch, lr=5e-3, steps=3)
     assert 0 < losses[-1] < losses[0], losses          # pretrained: starts well below ln(49152) = 10.8
     assert losses[0] < 8.0
 
