@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -32,12 +33,25 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("job failed, the sweep goes on: %s: %s", type(e).__name__, e)
-            return None  # recorded as failed in metrics.json
+            return math.nan  # recorded as failed in metrics.json; a sweeper (Optuna) marks the trial failed
         if isinstance(e, USER_ERRORS):
             log.error("%s: %s", type(e).__name__, e)
             raise SystemExit(2) from None
         raise
-    return metrics.get("test/ndcg@10", metrics.get("test/auc")) if metrics else None
+    return objective(metrics)
+
+
+def objective(metrics: dict | None) -> float:
+    """What a Hydra sweeper minimises: the job's best validation loss (``train/best_val_loss``), never a test
+    metric, so tuning cannot leak the test set. NaN when the job failed or did not fine-tune with validation
+    (``selection=none`` reports ``val/loss`` of the initial adapter instead, when it has one)."""
+    if not metrics:
+        return math.nan
+    for key in ("train/best_val_loss", "val/loss"):
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    return math.nan
 
 
 def run(cfg: DictConfig) -> dict:

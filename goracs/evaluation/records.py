@@ -1,0 +1,101 @@
+"""Per-sample test records (``test_outputs.parquet``) and the metrics computed from them.
+
+One row per test sample. Every job of a sweep with the same data config and ``data_seed`` writes the same ``row``
+ids for the same samples, so two methods (or seeds) can be compared sample by sample (paired statistics,
+``goracs-report --reference``). Columns:
+
+* all tasks: ``row`` (int, 0-based position in the test split: the stable test-row id), ``user`` (str),
+  ``item`` (str, the target id), ``targets`` (list of str: every target id; DEALRec test rows have several),
+  ``loss`` (float, nats: the per-sample test loss, see below).
+* SeqRec: ``generated`` (str, the cleaned best beam; null when grounding was not run on that row), ``rank``
+  (sampled 1+negatives grounding rank, 0-based), ``rank_full`` (full-catalogue grounding rank), ``rank_ll``
+  (likelihood rank among the target and its negatives, 0-based); ranks are nullable integers, null where that
+  ranking was not computed (``eval.ranking``, ``eval.ranking_rows``). ``loss`` = mean next-token cross-entropy
+  of the response tokens (the quoted target title and EOS) given the training prompt, teacher-forced.
+* CTR: ``label`` (int, 1 = like), ``p_yes`` (float), ``loss`` = two-way logloss ``-[y log p + (1-y) log(1-p)]``
+  with ``p`` clipped to ``[EPS, 1 - EPS]``.
+
+:func:`metrics_from_records` is the single definition of every ``test/*`` metric as a function of these rows; the
+evaluation stage reports it and the report's bootstrap recomputes it on resampled rows. Only numpy, pandas and
+scikit-learn are imported here (no torch), so the report stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+FILENAME = "test_outputs.parquet"
+EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] in the logloss: a confident mistake costs ~16 nats
+RANK_COLUMNS = {"": "rank", "_full": "rank_full", "_ll": "rank_ll"}  # metric suffix -> rank column
+
+
+def metrics_from_records(records: pd.DataFrame, task: str, topk: Sequence[int] = (5, 10)) -> dict[str, float]:
+    """Every test metric of a job from its per-sample records (keys without the ``test/`` prefix).
+
+    ``loss`` = mean of ``loss`` over rows. SeqRec: for each rank column present with at least one non-null value
+    and each K, ``ndcg@K<suffix>`` = mean of ``1/log2(rank + 2)·1[rank < K]`` and ``hit@K<suffix>`` = mean of
+    ``1[rank < K]`` over the rows where that rank is not null (suffix ``""`` grounding sampled, ``_full`` grounding
+    full catalogue, ``_ll`` likelihood); ``exact_match`` = share of non-null ``generated`` that equal a catalogue
+    title (column ``exact``). CTR: ``logloss`` (= ``loss``), ``auc`` (NaN when the labels have one class),
+    ``accuracy`` = mean of ``1[p_yes > 0.5] = label``.
+    """
+    out: dict[str, float] = {"loss": _mean(records["loss"])}
+    if task == "ctr":
+        labels = records["label"].to_numpy(dtype=np.int64)
+        p = records["p_yes"].to_numpy(dtype=np.float64)
+        out.update(auc=auc(labels, p), logloss=out["loss"],
+                   accuracy=float(np.mean((p > 0.5).astype(np.int64) == labels)) if len(p) else math.nan)
+        return out
+    for suffix, column in RANK_COLUMNS.items():
+        if column not in records.columns:
+            continue
+        ranks = pd.to_numeric(records[column], errors="coerce").dropna().to_numpy(dtype=np.float64)
+        if ranks.size == 0:
+            continue
+        for k in sorted(int(k) for k in topk):
+            out[f"ndcg@{k}{suffix}"] = float(np.mean(ndcg_gain(ranks, k)))
+            out[f"hit@{k}{suffix}"] = float(np.mean(ranks < k))
+    if "exact" in records.columns and records["exact"].notna().any():
+        out["exact_match"] = float(records["exact"].dropna().astype(bool).mean())
+    return out
+
+
+def ndcg_gain(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-sample NDCG@K gain of 0-based ranks: ``1/log2(rank + 2)`` if ``rank < K`` else 0 (one relevant item)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def logloss_per_sample(labels: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``-[y log q + (1 - y) log(1 - q)]`` with ``q = clip(p, EPS, 1 - EPS)``, in nats."""
+    labels, q = np.asarray(labels, dtype=np.float64), np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return -(labels * np.log(q) + (1 - labels) * np.log(1 - q))
+
+
+def auc(labels: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC of scores ``p`` for binary ``labels``; NaN when only one class is present."""
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        return math.nan
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, p))
+
+
+def write_records(records: pd.DataFrame, path) -> None:
+    """Write ``records`` to ``path`` (parquet) atomically: a temporary file renamed into place."""
+    from goracs.cache import atomic_write
+
+    atomic_write(path, lambda p: records.to_parquet(p, index=False))
+
+
+def _mean(values: pd.Series) -> float:
+    x = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=np.float64)
+    return float(x.mean()) if x.size else math.nan
