@@ -162,19 +162,20 @@ def test_evaluate_seqrec_perfect_generation_gives_perfect_metrics(monkeypatch):
     # Replace beam search by the right answers: grounding must then put every target first.
     monkeypatch.setattr(evaluate_module, "generate", lambda m, t, prompts, **kw: [next(truth) for _ in prompts])
     metrics = evaluate(model, tok, test, items, task="seqrec", faithful=True, num_beams=1, max_new_tokens=2,
-                       batch_size=4, topk=[1, 5], cutoff_len=256, device="cpu")
-    assert set(metrics) == {"ndcg@1", "hit@1", "ndcg@5", "hit@5", "ndcg@1_full", "hit@1_full", "ndcg@5_full",
+                       batch_size=4, topk=[1, 5], cutoff_len=256, device="cpu").metrics
+    assert set(metrics) == {"loss", "ndcg@1", "hit@1", "ndcg@5", "hit@5", "ndcg@1_full", "hit@1_full", "ndcg@5_full",
                             "hit@5_full", "exact_match"}
-    assert all(v == pytest.approx(1.0) for v in metrics.values())
+    assert all(v == pytest.approx(1.0) for k, v in metrics.items() if k != "loss")
+    assert metrics["loss"] > 0
 
 
 def test_evaluate_seqrec_with_generation_returns_bounded_metrics():
     test, items = _test_frame("seqrec")
     model, tok = _tiny_peft(_texts(test, "seqrec"))
     metrics = evaluate(model, tok, test.iloc[:3], items, task="seqrec", faithful=True, num_beams=2, max_new_tokens=3,
-                       batch_size=3, topk=[5, 10], cutoff_len=256, device="cpu")
+                       batch_size=3, topk=[5, 10], cutoff_len=256, device="cpu").metrics
     assert {"ndcg@5", "hit@10", "ndcg@10_full", "hit@10_full", "exact_match"} <= set(metrics)
-    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k != "loss")
     assert metrics["hit@10"] == 1.0                   # 1 target + 5 negatives: always within the top 10
 
 
@@ -199,7 +200,14 @@ def test_ctr_p_yes_batched_equals_unpadded_forward():
             ids = torch.tensor([tok(prompt)["input_ids"]])
             z = model(input_ids=ids).logits[0, -1, [yes, no]]
             assert got == pytest.approx(float(torch.softmax(z, -1)[0]), abs=1e-5)
-    metrics = evaluate(model, tok, test, items, task="ctr", faithful=True, num_beams=1, max_new_tokens=1,
-                       batch_size=4, topk=[5], cutoff_len=512, device="cpu")
+    result = evaluate(model, tok, test, items, task="ctr", faithful=True, num_beams=1, max_new_tokens=1,
+                      batch_size=4, topk=[5], cutoff_len=512, device="cpu")
+    metrics = result.metrics
     assert metrics["auc"] == pytest.approx(roc_auc_score(test["label"], p), abs=1e-9)
-    assert set(metrics) == {"auc", "logloss", "accuracy"}
+    assert set(metrics) == {"loss", "auc", "logloss", "accuracy"}
+    assert metrics["loss"] == metrics["logloss"] == pytest.approx(ctr_metrics(test["label"].to_numpy(), p)["logloss"])
+    records = result.records  # one row per test sample: label, P(Yes), per-sample logloss
+    assert list(records["row"]) == list(range(len(test))) and list(records["label"]) == list(test["label"])
+    assert np.allclose(records["p_yes"], p)
+    y = test["label"].to_numpy()
+    assert np.allclose(records["loss"], -(y * np.log(p) + (1 - y) * np.log(1 - p)))

@@ -59,13 +59,18 @@ def domain_text(domain: str) -> DomainText:
     return _TEXTS[domain]
 
 
+def seqrec_response(title: str) -> str:
+    """The SeqRec response (training target, and each candidate of likelihood ranking): the title in quotes."""
+    return f'"{title}"'
+
+
 def seqrec_fields(text: DomainText, history: list[str], target: str, *, faithful: bool) -> tuple[str, str, str]:
     """(instruction, input, output): input = prefix + ``"T1", "T2", ...`` (+ ``"\\n "`` faithful), output ``"T"``."""
     titles = ", ".join(f'"{t}"' for t in history)
     if faithful:
-        return text.seqrec_instruction, f"{text.seqrec_prefix}{titles}\n ", f'"{target}"'
+        return text.seqrec_instruction, f"{text.seqrec_prefix}{titles}\n ", seqrec_response(target)
     instruction = text.seqrec_instruction.replace("movies ad TVs", "movies and TVs")
-    return instruction, f"{text.seqrec_prefix} {titles}".rstrip(), f'"{target}"'
+    return instruction, f"{text.seqrec_prefix} {titles}".rstrip(), seqrec_response(target)
 
 
 def ctr_fields(text: DomainText, liked: list[str], disliked: list[str], target: str,

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
+from goracs.evaluation.records import logloss_per_sample, metrics_from_records
 from goracs.models.encoding import answer_token_ids, collate_left, encode_prompt, p_yes
 
 log = logging.getLogger(__name__)
 
-# Probabilities are clipped to [EPS, 1 - EPS] in the logloss so a confident mistake costs ~16 nats, not infinity.
-EPS = 1e-7
 
 
 @torch.no_grad()
@@ -36,16 +34,13 @@ def predict_p_yes(model, tokenizer, prompts: Sequence[str], *, batch_size: int, 
 
 def ctr_metrics(labels: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """``auc`` (ROC AUC of P(Yes); NaN with a warning when the labels have one class), ``logloss``
-    = -mean(y log p + (1 - y) log(1 - p)) with p clipped to [EPS, 1 - EPS], ``accuracy`` = mean(1[p > 0.5] == y)."""
+    = -mean(y log p + (1 - y) log(1 - p)) with p clipped to [EPS, 1 - EPS], ``accuracy`` = mean(1[p > 0.5] == y).
+    The formulas live in :mod:`goracs.evaluation.records` (per-sample rows), shared with the report's bootstrap."""
     labels, p = np.asarray(labels, dtype=np.int64), np.asarray(p, dtype=np.float64)
     if labels.shape != p.shape or labels.size == 0:
         raise ValueError(f"labels {labels.shape} and probabilities {p.shape} must be equal-length, non-empty")
     if len(np.unique(labels)) < 2:
         log.warning("AUC is undefined: all %d test labels are %d; reporting NaN", labels.size, labels[0])
-        auc = math.nan
-    else:
-        auc = float(roc_auc_score(labels, p))
-    q = np.clip(p, EPS, 1 - EPS)
-    logloss = float(-np.mean(labels * np.log(q) + (1 - labels) * np.log(1 - q)))
-    accuracy = float(np.mean((p > 0.5).astype(np.int64) == labels))
-    return {"auc": auc, "logloss": logloss, "accuracy": accuracy}
+    rows = pd.DataFrame({"label": labels, "p_yes": p, "loss": logloss_per_sample(labels, p)})
+    metrics = metrics_from_records(rows, "ctr")
+    return {k: metrics[k] for k in ("auc", "logloss", "accuracy")}

@@ -1,24 +1,28 @@
-"""One entry for the evaluation stage: ``evaluate`` (SeqRec: BIGRec grounding; CTR: TALLRec P(Yes))."""
+"""One entry for the evaluation stage: ``evaluate`` (test loss; SeqRec: BIGRec grounding and/or likelihood ranking;
+CTR: TALLRec P(Yes)), returning metrics and per-sample records."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from goracs.cache import DiskCache, config_key
-from goracs.evaluation.ctr import ctr_metrics, predict_p_yes
+from goracs.data.instructions import seqrec_response
+from goracs.evaluation.ctr import predict_p_yes
 from goracs.evaluation.grounding import (catalogue_positions, clean_text, embed_texts, generate, ground_ranks,
                                          title_groups)
-from goracs.evaluation.ranking import hit_at_k, ndcg_at_k
+from goracs.evaluation.likelihood import candidate_scores, likelihood_rank, response_losses
+from goracs.evaluation.records import logloss_per_sample, metrics_from_records
 from goracs.models.encoding import prompt_text
 
 log = logging.getLogger(__name__)
@@ -26,16 +30,34 @@ log = logging.getLogger(__name__)
 _ROWS_PER_CHUNK = 256  # rows of the (rows x catalogue) distance matrix held at once
 
 
+RANKINGS = ("grounding", "likelihood", "both")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the evaluation stage returns: ``metrics`` (keys without the ``test/`` prefix) and ``records``, one row per
+    test sample (schema in :mod:`goracs.evaluation.records`; written as ``test_outputs.parquet``)."""
+
+    metrics: dict[str, float]
+    records: pd.DataFrame
+
+
 def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task: str, faithful: bool,
              num_beams: int, max_new_tokens: int, batch_size: int, topk: Sequence[int], cutoff_len: int,
-             embed_batch_size: int = 64, device: str | None = None, cache_dir: str | Path | None = None,
-             model_key: str | None = None) -> dict[str, float]:
-    """Test metrics of a fine-tuned model, keys without the ``test/`` prefix.
+             embed_batch_size: int = 64, ranking: str = "grounding", ranking_rows: int | None = None,
+             candidate_batch_size: int = 32, device: str | None = None, cache_dir: str | Path | None = None,
+             model_key: str | None = None) -> Evaluation:
+    """Test metrics and per-sample records of a fine-tuned model.
 
-    SeqRec: ``ndcg@K``, ``hit@K`` (sampled protocol: target + its ``negatives``), ``ndcg@K_full``, ``hit@K_full``
-    (whole catalogue) for each K in ``topk``, and ``exact_match`` (share of cleaned generations equal to a catalogue
-    title). Rows with several ``targets`` (DEALRec test) count the best-ranked target. CTR: ``auc`` (NaN with a
-    warning when the test labels have one class), ``logloss``, ``accuracy``.
+    Every task: ``loss``, the mean per-sample test loss (SeqRec: response cross-entropy given the training prompt,
+    :func:`goracs.evaluation.likelihood.response_losses`; CTR: two-way logloss), on every test row.
+    SeqRec ranking (``ranking``): ``grounding`` (BIGRec, the official protocol) gives ``ndcg@K``, ``hit@K``
+    (sampled: target + its ``negatives``), ``ndcg@K_full``, ``hit@K_full`` (whole catalogue) and ``exact_match``;
+    ``likelihood`` gives ``ndcg@K_ll``, ``hit@K_ll`` (target and negatives ranked by the model's mean
+    log-probability of each candidate's response); ``both`` gives both. ``ranking_rows``: rank only that many test
+    rows (a fixed subset, the same for every job: the first rows of a ``default_rng(0)`` permutation of the test
+    positions); null = all. Rows with several ``targets`` (DEALRec test) count the best-ranked target. CTR: ``auc``
+    (NaN with a warning when the test labels have one class), ``logloss``, ``accuracy``.
     ``device``: where to run (None = CUDA when available, else CPU); the model is moved there (unless quantised or
     device-mapped) and set to eval mode. ``cache_dir`` + ``model_key`` (a hash of the base model's spec): cache the
     catalogue's title embeddings, which depend on the base model only (the adapter is disabled), across the jobs
@@ -43,6 +65,10 @@ def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task:
     """
     if len(test) == 0:
         raise ValueError("the test set is empty: nothing to evaluate")
+    if ranking not in RANKINGS:
+        raise ValueError(f"eval.ranking={ranking!r}: expected one of {list(RANKINGS)}")
+    if ranking_rows is not None and (isinstance(ranking_rows, bool) or int(ranking_rows) < 1):
+        raise ValueError(f"eval.ranking_rows={ranking_rows!r}: expected a positive number of test rows or null (all)")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     # 8/4-bit (bitsandbytes) or device-mapped models are already placed and refuse `.to`.
     placed = any(getattr(model, a, False) for a in ("is_loaded_in_8bit", "is_loaded_in_4bit", "hf_device_map"))
@@ -50,31 +76,57 @@ def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task:
         model.to(device)
     model.eval()
     t0 = time.perf_counter()
+    rows = test.to_dict("records")
+    records = pd.DataFrame({"row": np.arange(len(rows), dtype=np.int64), "user": test["user"].astype(str).to_numpy(),
+                            "item": test["item"].astype(str).to_numpy(),
+                            "targets": [[str(t) for t in _targets(r)] for r in rows]})
     if task == "seqrec":
-        metrics = _seqrec(model, tokenizer, test, items, faithful=faithful, num_beams=num_beams,
-                          max_new_tokens=max_new_tokens, batch_size=batch_size, topk=topk, cutoff_len=cutoff_len,
-                          embed_batch_size=embed_batch_size,
-                          title_cache=(DiskCache(cache_dir), model_key) if cache_dir and model_key else None)
+        if not topk or any(int(k) < 1 for k in topk):
+            raise ValueError(f"eval.topk={list(topk)}: expected a non-empty list of cut-offs >= 1")
+        train_prompts = [prompt_text(r, "seqrec", purpose="train", faithful=faithful) for r in rows]
+        records["loss"] = response_losses(model, tokenizer, train_prompts, [r["output"] for r in rows],
+                                          batch_size=batch_size, cutoff_len=cutoff_len)
+        ranked = ranked_rows(len(rows), ranking_rows)
+        candidates = _candidate_columns(rows, items)
+        if ranking in ("grounding", "both"):
+            _ground(records, model, tokenizer, rows, items, candidates, ranked, faithful=faithful,
+                    num_beams=num_beams, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                    cutoff_len=cutoff_len, embed_batch_size=embed_batch_size,
+                    title_cache=(DiskCache(cache_dir), model_key) if cache_dir and model_key else None)
+        if ranking in ("likelihood", "both"):
+            _likelihood_ranks(records, model, tokenizer, rows, items, candidates, ranked, faithful=faithful,
+                              cutoff_len=cutoff_len, candidate_batch_size=candidate_batch_size)
     elif task == "ctr":
-        prompts = [prompt_text(r, "ctr", purpose="infer", faithful=faithful) for r in test.to_dict("records")]
+        prompts = [prompt_text(r, "ctr", purpose="infer", faithful=faithful) for r in rows]
         p = predict_p_yes(model, tokenizer, prompts, batch_size=batch_size, cutoff_len=cutoff_len)
-        metrics = ctr_metrics(test["label"].to_numpy(), p)
+        records["label"] = test["label"].to_numpy(dtype=np.int64)
+        records["p_yes"] = p
+        records["loss"] = logloss_per_sample(records["label"].to_numpy(), p)
+        if records["label"].nunique() < 2:
+            log.warning("AUC is undefined: all %d test labels are %d; reporting NaN", len(p), records["label"][0])
     else:
         raise ValueError(f"task={task!r}: expected 'seqrec' or 'ctr'")
+    metrics = metrics_from_records(records, task, topk)
     log.info("evaluated %d %s test samples in %.1f s: %s", len(test), task, time.perf_counter() - t0,
              ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    return metrics
+    return Evaluation(metrics, records)
 
 
-def _seqrec(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, faithful: bool, num_beams: int,
-            max_new_tokens: int, batch_size: int, topk: Sequence[int], cutoff_len: int,
-            embed_batch_size: int, title_cache: tuple[DiskCache, str] | None) -> dict[str, float]:
-    if not topk or any(int(k) < 1 for k in topk):
-        raise ValueError(f"eval.topk={list(topk)}: expected a non-empty list of cut-offs >= 1")
-    rows = test.to_dict("records")
-    target_cols, negative_cols = _candidate_columns(rows, items)
+def ranked_rows(n: int, limit: int | None) -> np.ndarray:
+    """Sorted test positions that get ranking metrics: all of them, or the first ``limit`` of a ``default_rng(0)``
+    permutation (a fixed subset for a given test size, so every method and seed ranks the same rows)."""
+    if limit is None or int(limit) >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).permutation(n)[:int(limit)])
 
-    prompts = [prompt_text(r, "seqrec", purpose="infer", faithful=faithful) for r in rows]
+
+def _ground(records: pd.DataFrame, model, tokenizer, rows: list[dict], items: pd.DataFrame,
+            candidates: tuple[list[np.ndarray], list[np.ndarray]], ranked: np.ndarray, *, faithful: bool,
+            num_beams: int, max_new_tokens: int, batch_size: int, cutoff_len: int, embed_batch_size: int,
+            title_cache: tuple[DiskCache, str] | None) -> None:
+    """BIGRec grounding on the ``ranked`` rows: adds ``generated``, ``exact``, ``rank``, ``rank_full``."""
+    target_cols, negative_cols = candidates
+    prompts = [prompt_text(rows[i], "seqrec", purpose="infer", faithful=faithful) for i in ranked]
     generated = [clean_text(t) for t in generate(model, tokenizer, prompts, num_beams=num_beams,
                                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
                                                  cutoff_len=cutoff_len)]
@@ -90,30 +142,63 @@ def _seqrec(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, faithf
     pred_emb = embed_texts(model, tokenizer, generated, batch_size=embed_batch_size, desc="embedding generations")
 
     sampled, full = [], []
-    for start in range(0, len(rows), _ROWS_PER_CHUNK):
-        stop = start + _ROWS_PER_CHUNK
-        positions = catalogue_positions(pred_emb[start:stop], item_emb)
-        s, f = ground_ranks(positions, target_cols[start:stop], negative_cols[start:stop])
+    for start in range(0, len(ranked), _ROWS_PER_CHUNK):
+        chunk = ranked[start:start + _ROWS_PER_CHUNK]
+        positions = catalogue_positions(pred_emb[start:start + _ROWS_PER_CHUNK], item_emb)
+        s, f = ground_ranks(positions, [target_cols[i] for i in chunk], [negative_cols[i] for i in chunk])
         sampled.append(s)
         full.append(f)
-    sampled_ranks, full_ranks = np.concatenate(sampled), np.concatenate(full)
-
-    has_negatives = np.array([len(n) > 0 for n in negative_cols])
-    metrics: dict[str, float] = {}
-    for k in sorted(int(k) for k in topk):
-        if has_negatives.any():
-            metrics[f"ndcg@{k}"] = ndcg_at_k(sampled_ranks[has_negatives], k)
-            metrics[f"hit@{k}"] = hit_at_k(sampled_ranks[has_negatives], k)
-        else:
-            metrics[f"ndcg@{k}"] = metrics[f"hit@{k}"] = math.nan
+    has_negatives = np.array([len(negative_cols[i]) > 0 for i in ranked], dtype=bool)
     if not has_negatives.all():
-        log.warning("%d of %d test rows have no negatives: sampled metrics use the other rows (NaN if none)",
-                    int((~has_negatives).sum()), len(rows))
-    for k in sorted(int(k) for k in topk):
-        metrics[f"ndcg@{k}_full"] = ndcg_at_k(full_ranks, k)
-        metrics[f"hit@{k}_full"] = hit_at_k(full_ranks, k)
-    metrics["exact_match"] = float(np.mean([g in groups for g in generated]))
-    return metrics
+        log.warning("%d of %d ranked test rows have no negatives: sampled metrics use the other rows",
+                    int((~has_negatives).sum()), len(ranked))
+    sampled_ranks = pd.array(np.concatenate(sampled), dtype="Int64")
+    sampled_ranks[~has_negatives] = pd.NA  # no candidates to rank against: not a rank of 0
+    records["generated"] = pd.Series([None] * len(records), dtype="object")
+    records.loc[ranked, "generated"] = generated
+    records["exact"] = pd.array([pd.NA] * len(records), dtype="boolean")
+    records.loc[ranked, "exact"] = [g in groups for g in generated]
+    records["rank"] = _nullable(len(records), ranked, sampled_ranks)
+    records["rank_full"] = _nullable(len(records), ranked, np.concatenate(full))
+
+
+def _likelihood_ranks(records: pd.DataFrame, model, tokenizer, rows: list[dict], items: pd.DataFrame,
+                      candidates: tuple[list[np.ndarray], list[np.ndarray]], ranked: np.ndarray, *, faithful: bool,
+                      cutoff_len: int, candidate_batch_size: int) -> None:
+    """Likelihood ranking on the ``ranked`` rows: adds ``rank_ll`` (null on rows without negatives)."""
+    target_cols, negative_cols = candidates
+    raw = items["title"].astype(str).tolist()
+    clean = [clean_text(t) for t in raw]
+    ranks = []
+    for i in tqdm(ranked, desc="likelihood ranking", unit="row", leave=False):
+        negatives = [c for c in negative_cols[i] if c not in set(target_cols[i])]
+        if not negatives:
+            ranks.append(pd.NA)
+            continue
+        # One score per distinct cleaned title: duplicates of a title are the same response.
+        titles = list(dict.fromkeys(clean[c] for c in [*target_cols[i], *negatives]))
+        first_raw = {}
+        for c in [*target_cols[i], *negatives]:
+            first_raw.setdefault(clean[c], raw[c])
+        prompt = prompt_text(rows[i], "seqrec", purpose="infer", faithful=faithful)
+        values = candidate_scores(model, tokenizer, prompt, [seqrec_response(first_raw[t]) for t in titles],
+                                  cutoff_len=cutoff_len, candidate_batch_size=candidate_batch_size)
+        score = dict(zip(titles, values))
+        own = {clean[c] for c in target_cols[i]}
+        ranks.append(likelihood_rank([score[t] for t in own],
+                                     [score[clean[c]] for c in negatives if clean[c] not in own]))
+    records["rank_ll"] = _nullable(len(records), ranked, pd.array(ranks, dtype="Int64"))
+
+
+def _nullable(n: int, at: np.ndarray, values) -> pd.arrays.IntegerArray:
+    out = pd.array([pd.NA] * n, dtype="Int64")
+    out[np.asarray(at, dtype=np.int64)] = pd.array(values, dtype="Int64")
+    return out
+
+
+def _targets(row: dict) -> list:
+    targets = row.get("targets")
+    return list(targets) if targets is not None and len(targets) else [row["item"]]
 
 
 def _title_embeddings(model, tokenizer, titles: list[str], batch_size: int,
@@ -156,8 +241,7 @@ def _candidate_columns(rows: list[dict], items: pd.DataFrame) -> tuple[list[np.n
 
     target_cols, negative_cols = [], []
     for r, row in enumerate(rows):
-        targets = list(row.get("targets") if row.get("targets") is not None else []) or [row["item"]]
-        cols = {c for t in targets for c in groups[titles[col(t, r, 'target')]]}
+        cols = {c for t in _targets(row) for c in groups[titles[col(t, r, 'target')]]}
         target_cols.append(np.fromiter(sorted(cols), dtype=np.int64))
         negatives = row.get("negatives")
         negatives = [] if negatives is None else list(negatives)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from goracs.evaluation.records import ndcg_gain
+
 
 def hit_at_k(ranks: np.ndarray, k: int) -> float:
     """HR@K = mean over samples of 1[rank < K]."""
@@ -18,8 +20,7 @@ def hit_at_k(ranks: np.ndarray, k: int) -> float:
 def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
     """NDCG@K = mean over samples of 1/log2(rank + 2) if rank < K, else 0."""
     ranks = _check(ranks, k)
-    gains = np.where(ranks < k, 1.0 / np.log2(ranks.astype(np.float64) + 2.0), 0.0)
-    return float(np.mean(gains))
+    return float(np.mean(ndcg_gain(ranks, k)))
 
 
 def _check(ranks: np.ndarray, k: int) -> np.ndarray:
