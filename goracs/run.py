@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             log.error("job failed, the sweep goes on: %s: %s", type(e).__name__, e)
-            return math.nan  # recorded as failed in metrics.json; a sweeper (Optuna) marks the trial failed
+            return math.inf  # recorded as failed in metrics.json; the worst objective for a minimising sweeper
         if isinstance(e, USER_ERRORS):
             log.error("%s: %s", type(e).__name__, e)
             raise SystemExit(2) from None
@@ -43,15 +43,11 @@ def main(cfg: DictConfig) -> float | None:
 
 def objective(metrics: dict | None) -> float:
     """What a Hydra sweeper minimises: the job's best validation loss (``train/best_val_loss``), never a test
-    metric, so tuning cannot leak the test set. NaN when the job failed or did not fine-tune with validation
-    (``selection=none`` reports ``val/loss`` of the initial adapter instead, when it has one)."""
-    if not metrics:
-        return math.nan
-    for key in ("train/best_val_loss", "val/loss"):
-        value = metrics.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            return float(value)
-    return math.nan
+    metric, so tuning cannot leak the test set. ``+inf`` (the worst value, never the best trial) when the job failed
+    or did not validate (``selection=none``, an empty validation split): Optuna 2.x refuses a NaN objective and would
+    end the whole search."""
+    value = (metrics or {}).get("train/best_val_loss")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
 
 
 def run(cfg: DictConfig) -> dict:
@@ -155,7 +151,7 @@ def _select(selector, pool, cfg: DictConfig, method: str, out_dir: Path):
     budget = int(cfg.budget)
     if budget <= 0:  # checked before any feature is computed
         raise ValueError(f"budget={budget}: expected a positive number of training samples")
-    if method != "full" and budget > pool.size:
+    if not getattr(selector, "budget_free", False) and budget > pool.size:
         raise ValueError(f"budget={budget} is larger than the training pool ({pool.size} samples); lower budget= "
                          f"or raise data.max_train, or use selection=full")
     spec = {k: _plain(cfg[k]) for k in ("data", "task", "features", "selection")}
@@ -205,22 +201,28 @@ def _fine_tune_and_evaluate(samples, indices: np.ndarray, cfg: DictConfig, logge
     model, tokenizer = instantiate(cfg.model.backbone).load(tokenizer_corpus(samples))
     # Same phi_0 as the gradient features (features.lora_seed), as the paper starts both from the Alpaca LoRA.
     model = attach_lora(model, instantiate(cfg.model.lora), cfg.model.lora_init, seed=int(cfg.features.lora_seed))
-    # The official --seed only shuffles the coreset order; the selected rows themselves are fixed by the selection.
-    order = np.random.default_rng(int(cfg.seed)).permutation(indices)
-    train = samples.train.iloc[order].reset_index(drop=True)
-    fit = fine_tune(model, tokenizer, train, samples.valid, task=cfg.task.name, faithful=bool(cfg.task.faithful_prompts),
-                    trainer=_plain(cfg.trainer), logger=loggers or None, out_dir=out_dir, seed=int(cfg.seed))
+    timings = {"train/epochs": 0, "train/steps": 0, "train/best_val_loss": math.nan}
+    if len(indices):
+        # The official --seed only shuffles the coreset order; the selected rows themselves are fixed by the selection.
+        order = np.random.default_rng(int(cfg.seed)).permutation(indices)
+        train = samples.train.iloc[order].reset_index(drop=True)
+        fit = fine_tune(model, tokenizer, train, samples.valid, task=cfg.task.name,
+                        faithful=bool(cfg.task.faithful_prompts), trainer=_plain(cfg.trainer), logger=loggers or None,
+                        out_dir=out_dir, seed=int(cfg.seed))
+        timings = {"train/best_val_loss": fit.best_val_loss, "train/epochs": fit.epochs, "train/steps": fit.steps}
+    else:
+        log.info("no training sample selected: evaluating the initial adapter as it is")
     t1 = time.perf_counter()
-    ev = _plain(cfg.eval)
     from goracs.cache import config_key
+    from goracs.evaluation.records import FILENAME, write_records
 
-    metrics = evaluate(model, tokenizer, samples.test, samples.items, task=cfg.task.name,
-                       faithful=bool(cfg.task.faithful_prompts), cache_dir=cfg.paths.cache_dir,
-                       model_key=config_key(_plain(cfg.model.backbone)), **ev)
+    result = evaluate(model, tokenizer, samples.test, samples.items, task=cfg.task.name,
+                      faithful=bool(cfg.task.faithful_prompts), cache_dir=cfg.paths.cache_dir,
+                      model_key=config_key(_plain(cfg.model.backbone)), **_plain(cfg.eval))
+    write_records(result.records, out_dir / FILENAME)
     t2 = time.perf_counter()
-    timings = {"time/train_s": t1 - t0, "time/eval_s": t2 - t1, "train/best_val_loss": fit.best_val_loss,
-               "train/epochs": fit.epochs, "train/steps": fit.steps}
-    return timings, {f"test/{k}": v for k, v in metrics.items()}
+    timings = {"time/train_s": t1 - t0, "time/eval_s": t2 - t1, **timings}
+    return timings, {f"test/{k}": v for k, v in result.metrics.items()}
 
 
 def _print_table(title: str, values: dict) -> None:
@@ -235,7 +237,7 @@ def _print_table(title: str, values: dict) -> None:
 def _variant(overrides) -> str:
     """The job's overrides beyond the table axes, e.g. "selection.lam=0.0" (report rows for ablations)."""
     axes = {"budget", "seed", "selection", "data", "task", "model", "experiment", "experiment_name", "resume",
-            "stage", "logger"}
+            "stage", "logger", "hparams_search"}
     rest = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in axes)
     return ",".join(rest) or "default"
 

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import compose_run_config
@@ -33,6 +34,11 @@ def test_end_to_end_writes_metrics_and_indices(tmp_path, shared_data, task, expe
                 "time/data_s", "time/select_s", "time/train_s", "time/eval_s", "n_selected", *expected]:
         assert key in on_disk, key
     assert on_disk["task"] == task and on_disk["selection"] == "random" and on_disk["budget"] == 8
+    records = pd.read_parquet(tmp_path / "job" / "test_outputs.parquet")  # one row per test sample, paired ids
+    assert list(records["row"]) == list(range(16)) and records["loss"].notna().all()
+    assert on_disk["test/loss"] == pytest.approx(records["loss"].mean())
+    assert {"user", "item", "targets"} <= set(records.columns)
+    assert ({"rank", "rank_full", "generated"} if task == "seqrec" else {"label", "p_yes"}) <= set(records.columns)
     for key in expected:
         if key != "test/auc":  # AUC is NaN only when the test slice holds one class; ml-100k has both
             assert math.isfinite(on_disk[key]), key
@@ -70,5 +76,9 @@ def test_every_selection_method_runs_the_whole_pipeline(tmp_path, shared_data, m
     """Each conf/selection/*.yaml, end to end on tiny_llama (features shared through one cache per test)."""
     metrics, _ = _run([f"selection={method}", "task=seqrec"], tmp_path)
     assert metrics["status"] == "ok" and metrics["selection"] == method
-    expected = 48 if method == "full" else 8  # full ignores the budget: the whole (capped) pool
+    # full ignores the budget (the whole capped pool), none selects nothing and evaluates the initial adapter
+    expected = {"full": 48, "none": 0}.get(method, 8)
     assert metrics["n_selected"] == expected and math.isfinite(metrics["test/ndcg@10"])
+    assert math.isfinite(metrics["test/loss"]) and metrics["test/loss"] > 0
+    if method == "none":
+        assert metrics["train/steps"] == 0 and not (tmp_path / "job" / "checkpoints").exists()
