@@ -4,16 +4,24 @@ Every ``metrics.json`` under the given folders (recursive) becomes one row of a 
 ``status == "ok"`` are kept (failed runs are logged with their errors). For each group (default ``data, task,
 model``) and each metric (default: every ``test/*`` metric the group reports) one table is built: rows ``--rows``
 (default ``selection``), columns ``--cols`` (default ``budget``), cells ``mean ± std`` over seeds, best per column in
-bold (see :mod:`goracs.report_tables` for the exact rules).
+bold (see :mod:`goracs.report_tables` for the exact rules). Budget-less methods (``none``: the initial adapter,
+``full``: the whole pool) share one column ``all``.
+
+Each cell also gets the 95% interval of its difference to ``--reference`` (default ``random``), a paired bootstrap
+over the test rows of the ``test_outputs.parquet`` files beside the ``metrics.json`` files, seeds as strata
+(``--n-boot`` resamples, ``--boot-seed``; :mod:`goracs.report_intervals`, ``docs/statistics.md``); runs without
+that file fall back to a seed-level Welch interval, marked ``†``. Cells read ``mean ± std [low, high] ▲``, with
+``▲`` / ``▼`` when the interval excludes 0 on the better / worse side, and ``(ref)`` in the reference's cells.
 
 A table with a missing cell or a cell whose seeds differ from the group's seeds is refused (exit code 2, every gap
 listed) unless ``--partial``: then the table starts with a line ``PARTIAL: ...``, gaps show as ``—`` and incomplete
 cells say ``(n=k)``.
 
 Outputs go to ``--out`` (default ``<first sweep dir>/report/``): ``<group>_<metric>.{md,tex,csv}`` (CSV is long
-form: one line per cell with mean, std, n, seeds, missing seeds, best) and the PNG plots of
-:mod:`goracs.report_plots`. The Markdown is also printed to stdout. Only pandas and matplotlib are imported
-(matplotlib lazily), so the command starts fast.
+form: one line per cell with mean, std, n, seeds, missing seeds, best, diff, ci_low, ci_high, n_rows, n_strata,
+interval, reference, significant) and the PNG plots of :mod:`goracs.report_plots`. The Markdown is also printed
+to stdout. Only pandas, numpy and pyarrow are imported up front (matplotlib, scikit-learn and scipy lazily, where
+needed), so the command starts fast.
 """
 
 from __future__ import annotations
@@ -27,14 +35,16 @@ from typing import Sequence
 
 import pandas as pd
 
+from goracs.report_intervals import attach_intervals, paired_bootstrap
 from goracs.report_plots import TIME_METRICS, write_plots
-from goracs.report_tables import (FULL_COLUMN, FULL_METHOD, GAP, METHOD_ORDER, Cell, IncompleteTableError, Table,
-                                  build_table, build_tables, lower_is_better, render_latex, render_markdown,
-                                  sanitise, table_csv)
+from goracs.report_tables import (BUDGETLESS_METHODS, FULL_COLUMN, GAP, METHOD_ORDER, Cell, IncompleteTableError,
+                                  Interval, Table, build_table, build_tables, lower_is_better, render_latex,
+                                  render_markdown, sanitise, table_csv)
 
-__all__ = ["FULL_COLUMN", "FULL_METHOD", "GAP", "METHOD_ORDER", "TIME_METRICS", "Cell", "IncompleteTableError",
-           "Table", "build_table", "build_tables", "collect", "keep_ok", "lower_is_better", "main", "render_latex",
-           "render_markdown", "sanitise", "table_csv", "write_plots"]
+__all__ = ["BUDGETLESS_METHODS", "FULL_COLUMN", "GAP", "METHOD_ORDER", "TIME_METRICS", "Cell",
+           "IncompleteTableError", "Interval", "Table", "attach_intervals", "build_table", "build_tables", "collect",
+           "keep_ok", "lower_is_better", "main", "paired_bootstrap", "render_latex", "render_markdown", "sanitise",
+           "table_csv", "write_plots"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,7 @@ _STRING_KEYS = ("data", "task", "model", "selection", "experiment", "status", "e
                 "git_sha", "run_dir", "path")
 _INT_KEYS = ("budget", "seed", "n_selected")
 _METRIC_PREFIXES = ("test/", "val/", "select/", "time/")
+DEFAULT_REFERENCE = "random"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if incomplete and not args.partial:
             lines = [f"  {t.title} {t.metric}: {p}" for t in incomplete for p in t.problems]
             raise IncompleteTableError("incomplete tables (pass --partial to write them anyway):\n" + "\n".join(lines))
+        attach_intervals(tables, args.reference or DEFAULT_REFERENCE, args.n_boot, args.boot_seed,
+                         explicit=args.reference is not None)
     except (ValueError, FileNotFoundError) as err:
         print(f"goracs-report: error: {err}", file=sys.stderr)
         return 2
@@ -85,6 +98,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--digits", type=int, default=4, help="decimals printed (default: 4)")
     parser.add_argument("--partial", action="store_true", help="write tables with gaps, marked PARTIAL")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--reference", help="row (method) every cell is compared with: 95%% interval of the "
+                        f"difference, paired bootstrap over test rows (default: {DEFAULT_REFERENCE}; e.g. full, none)")
+    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    parser.add_argument("--boot-seed", type=int, default=0, help="seed of the bootstrap's resampling (default: 0)")
     args = parser.parse_args(argv)
     if args.group is None:
         args.group = [k for k in ("data", "task", "model") if k not in (args.rows, args.cols)]

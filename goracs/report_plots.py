@@ -1,5 +1,12 @@
 """Plots for ``goracs-report``: ``<group>_<metric>.png`` (metric against budget per method, error bars = std,
-``full`` as a dashed line) and ``<group>_select_time.png`` (``select/time_s`` or ``time/select_s`` against budget).
+budget-less methods ``full`` / ``none`` as horizontal lines) and ``<group>_select_time.png`` (``select/time_s`` or
+``time/select_s`` against budget).
+
+Interval bands: where a table has intervals (:mod:`goracs.report_intervals`), each compared method gets a shaded
+band in its colour spanning ``reference mean + [low, high]`` at each column (the reference mean of that column, or
+of ``all`` for a budget-less reference); a budget-less method gets a horizontal band. The band is centred near the
+method's own mean (``reference mean + diff``), and it is clear of the reference's line exactly where the interval
+excludes 0, i.e. where the table marks ``▲`` / ``▼``.
 
 matplotlib is imported inside the functions, so importing this module (and ``goracs.report``) stays fast.
 """
@@ -13,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from goracs.report_tables import (FULL_COLUMN, FULL_METHOD, Table, build_table, column_labels, direction, natural,
-                                  sanitise)
+from goracs.report_tables import (BUDGETLESS_METHODS, FULL_COLUMN, Table, build_table, budgetless_rows, column_labels,
+                                  direction, natural, sanitise)
 
 log = logging.getLogger("goracs.report")  # the CLI's logger: same name in messages and for filtering
 
@@ -36,38 +43,58 @@ def write_plots(frame: pd.DataFrame, tables: list[Table], args: argparse.Namespa
             log.info("no selection time in %s: no time plot", " / ".join(map(str, values)))
             continue
         table = build_table(group, metric, args.rows, args.cols, [str(v) for v in values])
-        table.rows = [r for r in table.rows if r != FULL_METHOD]  # full selects nothing
+        table.rows = [r for r in table.rows if r not in BUDGETLESS_METHODS]  # they select nothing
         written.append(_plot(table, out / f"{table.stem}_select_time.png", ylabel="selection time (s)"))
     return written
 
 
 def _plot(table: Table, path: Path, ylabel: str | None = None) -> Path:
-    """Metric against column value per row (error bars = std); ``full`` as a dashed horizontal line."""
+    """Metric against column value per row (error bars = std), budget-less rows as horizontal lines (dashed, dotted,
+    ...), and the interval bands of the module docstring."""
     import matplotlib.pyplot as plt
 
     cols = [c for c in table.cols if c != FULL_COLUMN]
     numeric = all(natural(c)[0] == 0 for c in cols)
     x_of = {c: (float(c) if numeric else i) for i, c in enumerate(cols)}
     fig, ax = plt.subplots(figsize=(6, 4))
+    flat_styles = iter(["--", ":", "-.", (0, (5, 1, 1, 1))] * len(table.rows))
     for row in table.rows:
-        full = table.cells.get((row, FULL_COLUMN))
-        if full is not None:
-            ax.axhline(full.mean, linestyle="--", color="black", label=row)
+        flat = table.cells.get((row, FULL_COLUMN))
+        if flat is not None:
+            line = ax.axhline(flat.mean, linestyle=next(flat_styles), color="black", label=row)
+            if (band := _band(table, row, FULL_COLUMN)) is not None:
+                ax.axhspan(*band, color=line.get_color(), alpha=0.12, linewidth=0)
             continue
         points = [(x_of[c], table.cells[(row, c)]) for c in cols if (row, c) in table.cells]
         if points:
-            ax.errorbar([x for x, _ in points], [c.mean for _, c in points], marker="o", capsize=3, label=row,
-                        yerr=[0.0 if math.isnan(c.std) else c.std for _, c in points])
+            bar = ax.errorbar([x for x, _ in points], [c.mean for _, c in points], marker="o", capsize=3, label=row,
+                              yerr=[0.0 if math.isnan(c.std) else c.std for _, c in points])
+            bands = [(x_of[c], band) for c in cols if (band := _band(table, row, c)) is not None]
+            if bands:
+                ax.fill_between([x for x, _ in bands], [lo for _, (lo, _) in bands], [hi for _, (_, hi) in bands],
+                                color=bar.lines[0].get_color(), alpha=0.2, linewidth=0)
     if numeric and cols and min(x_of.values()) > 0 and max(x_of.values()) >= 8 * min(x_of.values()):
         ax.set_xscale("log", base=2)  # budgets usually double
     ax.set_xticks(list(x_of.values()), cols)
     ax.minorticks_off()
     ax.set_xlabel(table.col_key)
     ax.set_ylabel(ylabel or f"{table.metric} ({direction(table)})")
-    ax.set_title(table.title + (" (PARTIAL)" if table.problems else ""))
+    title = table.title + (" (PARTIAL)" if table.problems else "")
+    ax.set_title(title + (f"\nbands: {table.reference} + 95% CI of the difference" if table.intervals else ""),
+                 fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _band(table: Table, row: str, col: str) -> tuple[float, float] | None:
+    """``reference mean + [low, high]`` of the cell's interval, or None without one."""
+    interval = table.intervals.get((row, col))
+    if interval is None:
+        return None
+    ref_col = FULL_COLUMN if budgetless_rows(table) and table.reference in BUDGETLESS_METHODS else col
+    ref = table.cells[(table.reference, ref_col)].mean
+    return ref + interval.low, ref + interval.high

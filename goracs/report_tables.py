@@ -5,15 +5,22 @@
 * cell = ``mean ± std`` over seeds, where std is the *sample* standard deviation
   ``sqrt(sum_i (x_i - mean)^2 / (n - 1))`` (ddof=1, pandas' default); a table whose cells hold one seed each shows the
   mean alone, and its caption says "1 seed, no std";
-* ``full`` trains on the whole pool, so its budget means nothing: all its runs go to a single column ``all`` (first
-  column), left blank for the other methods, and its budget columns are blank (a blank is not a missing cell);
+* the budget-less methods ``BUDGETLESS_METHODS`` (``full`` trains on the whole pool, ``none`` evaluates the initial
+  adapter without fine-tuning) have a budget that means nothing: all their runs go to a single column ``all`` (first
+  column), left blank for the other methods, and their budget columns are blank (a blank is not a missing cell);
 * best mean per column (compared at the printed precision, ties all marked) in bold, using ``lower_is_better``
-  (logloss/loss and times lower, everything else higher); columns with a single value are not marked.
+  (logloss/loss and times lower, everything else higher); columns with a single value are not marked;
+* with an :class:`Interval` per cell (filled by :mod:`goracs.report_intervals`) the cell reads
+  ``mean ± std [low, high] ▲``: ``[low, high]`` the 95% interval of ``method − reference``, ``▲`` / ``▼`` when
+  it excludes 0 on the better / worse side (``lower_is_better`` decides), ``†`` after the bracket when the
+  interval is the seed-level fallback; the reference's own cells read ``mean ± std (ref)``.
 
-A cell with no run or with fewer seeds than its group is listed in ``Table.problems``; rendered tables then start
-with a line ``PARTIAL: ...``, gaps show as ``—`` and incomplete cells say ``(n=k)``. Two ok runs of one cell and seed
-are collapsed to the latest (``created_at``) when they share a ``config_key`` (a re-run) or belong to ``full``;
-otherwise they are a conflict and an error. Rendering: Markdown (pipe table), LaTeX (booktabs) and long-form CSV.
+A cell with no run or with fewer seeds than its group is listed in ``Table.problems`` (except ``none``, whose
+result does not depend on the seed: one run of it is complete); rendered tables then start with a line
+``PARTIAL: ...``, gaps show as ``—`` and incomplete cells say ``(n=k)``. Two ok runs of one cell and seed are
+collapsed to the latest (``created_at``) when they share a ``config_key`` (a re-run) or belong to a budget-less
+method; otherwise they are a conflict and an error. Rendering: Markdown (pipe table), LaTeX (booktabs) and
+long-form CSV.
 """
 
 from __future__ import annotations
@@ -29,8 +36,13 @@ import pandas as pd
 
 log = logging.getLogger("goracs.report")  # the CLI's logger: same name in messages and for filtering
 
-METHOD_ORDER = ("full", "random", "grand", "el2n", "ccs", "d2", "moderate", "kcenter", "goracs")
-FULL_METHOD, FULL_COLUMN, GAP = "full", "all", "—"
+METHOD_ORDER = ("none", "full", "random", "grand", "el2n", "ccs", "d2", "moderate", "kcenter", "goracs")
+BUDGETLESS_METHODS = frozenset({"none", "full"})  # budget ignored: one column FULL_COLUMN
+SEEDLESS_METHODS = frozenset({"none"})  # no training: φ₀ is fixed by features.lora_seed / lora_init, not by seed
+FULL_COLUMN, GAP = "all", "—"
+BETTER, WORSE, FALLBACK = "▲", "▼", "†"  # cell markers: interval excludes 0 (better / worse), seed-level interval
+_LATEX_SYMBOLS = {"±": "$\\pm$", BETTER: "$\\blacktriangle$", WORSE: "$\\blacktriangledown$",
+                  FALLBACK: "$^\\dagger$", "−": "$-$", GAP: "--"}
 
 
 class IncompleteTableError(ValueError):
@@ -39,11 +51,36 @@ class IncompleteTableError(ValueError):
 
 @dataclass
 class Cell:
-    """Aggregate of one (row, column) over seeds: mean, sample std (ddof=1; NaN when n == 1), seeds present."""
+    """Aggregate of one (row, column) over seeds: mean, sample std (ddof=1; NaN when n == 1), seeds present and
+    the ``metrics.json`` path of each seed (same order)."""
 
     mean: float
     std: float
     seeds: tuple[int, ...]
+    paths: tuple[str, ...] = ()
+
+
+@dataclass
+class Interval:
+    """Interval of the difference ``method − reference`` of one cell.
+
+    ``diff`` is the point estimate, ``[low, high]`` the interval, ``n_rows`` the paired test rows summed over the
+    ``n_strata`` seed strata (0 for the seed-level fallback), ``kind`` ``"bootstrap"`` (paired bootstrap over test
+    rows) or ``"welch"`` (seed-level fallback, see :mod:`goracs.report_intervals`).
+    """
+
+    diff: float
+    low: float
+    high: float
+    n_rows: int
+    n_strata: int
+    kind: str
+
+    def significant(self, lower_better: bool) -> str:
+        """``better`` / ``worse`` when the interval excludes 0 (direction from ``lower_better``), else ``none``."""
+        if self.low > 0 or self.high < 0:
+            return "better" if (self.high < 0) == lower_better else "worse"
+        return "none"
 
 
 @dataclass
@@ -61,9 +98,15 @@ class Table:
     applicable: list[tuple[str, str]]
     seeds: tuple[int, ...]
     problems: list[str] = field(default_factory=list)
+    reference: str | None = None  # row the intervals compare against (None: no intervals)
+    intervals: dict[tuple[str, str], Interval] = field(default_factory=dict)
+    interval_notes: list[str] = field(default_factory=list)  # caption sentences on the intervals
 
     def missing_seeds(self, row: str, col: str) -> tuple[int, ...]:
+        """The table's seeds that the cell lacks; none for a present cell of a seed-less method (``none``)."""
         present = self.cells[(row, col)].seeds if (row, col) in self.cells else ()
+        if present and self.row_key == "selection" and row in SEEDLESS_METHODS:
+            return ()
         return tuple(s for s in self.seeds if s not in present)
 
 
@@ -73,7 +116,7 @@ def build_tables(frame: pd.DataFrame, metrics: Sequence[str] | None, row_key: st
     for key in [*group_keys, row_key, col_key, "seed"]:
         blank = frame[key].isna() if key in frame.columns else pd.Series(True, index=frame.index)
         if key == col_key and row_key == "selection" and col_key == "budget":
-            blank &= frame["selection"] != FULL_METHOD  # full's budget may be null
+            blank &= ~frame["selection"].isin(BUDGETLESS_METHODS)  # their budget may be null
         if blank.any():
             lacking = frame.loc[blank, "path"]
             raise ValueError(f"key {key!r} (from --rows/--cols/--group or seed) is absent from {lacking.iloc[0]} "
@@ -101,13 +144,15 @@ def build_table(group: pd.DataFrame, metric: str, row_key: str, col_key: str, na
     cols = _ordered_cols(group["_col"].unique())
     full_special = row_key == "selection" and FULL_COLUMN in cols
     applicable = [(r, c) for r in rows for c in cols
-                  if not full_special or ((r == FULL_METHOD) == (c == FULL_COLUMN))]
+                  if not full_special or ((r in BUDGETLESS_METHODS) == (c == FULL_COLUMN))]
     present = group[group[metric].notna()]
     cells = {}
     for (row, col), cell in present.groupby([present[row_key].astype(str), "_col"]):
+        cell = cell.sort_values("seed", kind="stable")
         x = cell[metric].to_numpy(dtype=float)
         std = float(np.std(x, ddof=1)) if len(x) > 1 else math.nan
-        cells[(row, col)] = Cell(float(x.mean()), std, tuple(sorted(int(s) for s in cell["seed"])))
+        cells[(row, col)] = Cell(float(x.mean()), std, tuple(int(s) for s in cell["seed"]),
+                                 tuple(str(p) for p in cell["path"]))
     table = Table(" / ".join(names), "_".join(sanitise(n) for n in names) or "all", metric, row_key, col_key,
                   rows, cols, cells, applicable, tuple(sorted(int(s) for s in group["seed"].unique())))
     for row, col in applicable:
@@ -134,34 +179,47 @@ def render_markdown(table: Table, digits: int) -> str:
 
 
 def render_latex(table: Table, digits: int) -> str:
-    """A booktabs ``table`` environment; best per column in ``\\textbf{}``, ``±`` as ``$\\pm$``."""
+    """A booktabs ``table`` environment, best per column in ``\\textbf{}``; ``±``, ``▲``, ``▼``, ``†``, ``−``
+    become ``$\\pm$``, ``$\\blacktriangle$``, ``$\\blacktriangledown$``, ``$^\\dagger$``, ``$-$`` (the triangles
+    need ``\\usepackage{amssymb}``)."""
     best = _best(table, digits)
-    esc = _latex_escape
+    esc = _latex_text
     lines = [f"% {esc(_partial_line(table))}"] if table.problems else []
+    if table.intervals:
+        lines.append("% needs \\usepackage{amssymb} (\\blacktriangle)")
     caption = f"{esc(table.title)}: {esc(table.metric)} ({direction(table)}). {esc(_caption(table))}"
-    lines += ["\\begin{table}[t]", "\\centering", "\\caption{" + caption.replace("±", "$\\pm$") + "}",
+    lines += ["\\begin{table}[t]", "\\centering", "\\caption{" + caption + "}",
               f"\\begin{{tabular}}{{l{'r' * len(table.cols)}}}", "\\toprule",
               " & ".join(esc(h) for h in [table.row_key, *table.cols]) + " \\\\", "\\midrule"]
     for row in table.rows:
-        cells = [_cell_text(table, row, col, digits, best, "\\textbf{{{}}}").replace("±", "$\\pm$")
-                 .replace(GAP, "--") for col in table.cols]
+        cells = [_latex_symbols(_cell_text(table, row, col, digits, best, "\\textbf{{{}}}")) for col in table.cols]
         lines.append(" & ".join([esc(row), *cells]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(lines)
 
 
 def table_csv(table: Table, digits: int) -> pd.DataFrame:
-    """Long form: one line per applicable cell with mean, std (ddof=1), n, seeds, missing seeds and best flag."""
+    """Long form: one line per applicable cell with mean, std (ddof=1), n, seeds, missing seeds, best flag and the
+    interval of the difference to the reference: ``diff``, ``ci_low``, ``ci_high`` (NaN without one), ``n_rows``,
+    ``n_strata``, ``interval`` (``bootstrap`` / ``welch`` / empty), ``reference`` and ``significant``
+    (``better`` / ``worse`` / ``none``)."""
     best = _best(table, digits)
+    lower = lower_is_better(table.metric)
     records = []
     for row, col in table.applicable:
         cell = table.cells.get((row, col))
+        ci = table.intervals.get((row, col))
         records.append({table.row_key: row, table.col_key: col, "metric": table.metric,
                         "mean": cell.mean if cell else math.nan, "std": cell.std if cell else math.nan,
                         "n": len(cell.seeds) if cell else 0, "seeds": _join(cell.seeds) if cell else "",
-                        "missing_seeds": _join(table.missing_seeds(row, col)), "best": (row, col) in best})
+                        "missing_seeds": _join(table.missing_seeds(row, col)), "best": (row, col) in best,
+                        "diff": ci.diff if ci else math.nan, "ci_low": ci.low if ci else math.nan,
+                        "ci_high": ci.high if ci else math.nan, "n_rows": ci.n_rows if ci else 0,
+                        "n_strata": ci.n_strata if ci else 0, "interval": ci.kind if ci else "",
+                        "reference": table.reference or "", "significant": ci.significant(lower) if ci else "none"})
     return pd.DataFrame.from_records(records).astype(
-        {"mean": "float64", "std": "float64", "n": "int64", "best": "bool"})
+        {"mean": "float64", "std": "float64", "n": "int64", "best": "bool", "diff": "float64", "ci_low": "float64",
+         "ci_high": "float64", "n_rows": "int64", "n_strata": "int64"})
 
 
 def lower_is_better(metric: str) -> bool:
@@ -176,11 +234,16 @@ def direction(table: Table) -> str:
 
 
 def column_labels(frame: pd.DataFrame, row_key: str, col_key: str) -> pd.Series:
-    """Column label per run: ``all`` for ``full`` when columns are budgets (its budget means nothing), else str."""
+    """Column label per run: ``all`` for the budget-less methods when columns are budgets, else the value as str."""
     labels = frame[col_key].astype(str)
     if row_key == "selection" and col_key == "budget":
-        labels = labels.where(frame["selection"] != FULL_METHOD, FULL_COLUMN)
+        labels = labels.where(~frame["selection"].isin(BUDGETLESS_METHODS), FULL_COLUMN)
     return labels
+
+
+def budgetless_rows(table: Table) -> bool:
+    """Whether the table puts the budget-less methods into the single column ``all`` (rows selection, cols budget)."""
+    return table.row_key == "selection" and FULL_COLUMN in table.cols
 
 
 def natural(value: str) -> tuple:
@@ -197,13 +260,13 @@ def sanitise(text: str) -> str:
 
 
 def _dedupe(frame: pd.DataFrame, keys: list[str], row_key: str) -> pd.DataFrame:
-    """Keep the latest run per cell and seed when duplicates are re-runs (same config_key) or ``full``."""
+    """Keep the latest run per cell and seed when duplicates are re-runs (same config_key) or budget-less."""
     frame = frame.assign(_t=pd.to_datetime(frame.get("created_at"), utc=True, errors="coerce", format="ISO8601"))
     frame = frame.sort_values("_t", kind="stable", na_position="first")
     dup = frame.duplicated(keys, keep=False)
     for key_values, runs in frame[dup].groupby(keys, sort=True):
         config_keys = runs["config_key"].dropna().unique() if "config_key" in runs else []
-        if len(config_keys) > 1 and runs[row_key].iloc[0] != FULL_METHOD:
+        if len(config_keys) > 1 and runs[row_key].iloc[0] not in BUDGETLESS_METHODS:
             raise ValueError(f"conflicting runs for {dict(zip(keys, key_values))} with different config_key "
                              f"(report them separately or add --group): {', '.join(runs['path'])}")
         log.info("%d runs for %s: keeping the latest, %s", len(runs), key_values, runs["path"].iloc[-1])
@@ -239,6 +302,8 @@ def _best(table: Table, digits: int) -> set[tuple[str, str]]:
 
 
 def _cell_text(table: Table, row: str, col: str, digits: int, best: set, bold: str) -> str:
+    """``mean ± std`` (bold when best), `` (n=k)`` when seeds are missing, then `` [low, high]`` with ``†`` for the
+    seed-level fallback and `` ▲`` / `` ▼`` when significant, or `` (ref)`` in the reference's cells."""
     if (row, col) not in table.applicable:
         return ""
     cell = table.cells.get((row, col))
@@ -246,13 +311,28 @@ def _cell_text(table: Table, row: str, col: str, digits: int, best: set, bold: s
         return GAP
     text = f"{cell.mean:.{digits}f}" + ("" if math.isnan(cell.std) else f" ± {cell.std:.{digits}f}")
     text = bold.format(text) if (row, col) in best else text
-    return text + (f" (n={len(cell.seeds)})" if table.missing_seeds(row, col) else "")
+    text += f" (n={len(cell.seeds)})" if table.missing_seeds(row, col) else ""
+    if row == table.reference:
+        return text + " (ref)"
+    if ci := table.intervals.get((row, col)):
+        text += f" [{_signed(ci.low, digits)}, {_signed(ci.high, digits)}]" + (FALLBACK if ci.kind == "welch" else "")
+        marker = {"better": BETTER, "worse": WORSE}.get(ci.significant(lower_is_better(table.metric)))
+        text += f" {marker}" if marker else ""
+    return text
+
+
+def _signed(value: float, digits: int) -> str:
+    """``+0.0123`` / ``−0.0123`` (typographic minus; ``$-$`` in LaTeX)."""
+    return f"{value:+.{digits}f}".replace("-", "−")
 
 
 def _caption(table: Table) -> str:
     n = len(table.seeds)
     spread = "1 seed, no std" if n == 1 else f"mean ± std over {n} seeds (sample std, ddof=1)"
-    return f"{spread}; best per column in bold."
+    seedless = [r for (r, c), cell in table.cells.items()
+                if table.row_key == "selection" and r in SEEDLESS_METHODS and len(cell.seeds) < n]
+    notes = [f"{', '.join(seedless)}: fewer seeds suffice (no training: the result does not depend on the seed)."]
+    return " ".join([f"{spread}; best per column in bold.", *notes[:len(seedless) > 0], *table.interval_notes])
 
 
 def _partial_line(table: Table) -> str:
@@ -265,5 +345,13 @@ def _pipe(cells: list[str], widths: list[int]) -> str:
     return "| " + " | ".join(padded) + " |"
 
 
-def _latex_escape(text: str) -> str:
-    return re.sub(r"([_%&#$])", r"\\\1", text)
+def _latex_text(text: str) -> str:
+    """Free text (names, captions) for LaTeX: specials escaped, then the report's symbols typeset."""
+    return _latex_symbols(re.sub(r"([_%&#$])", r"\\\1", text))
+
+
+def _latex_symbols(text: str) -> str:
+    """The report's symbols (``±``, markers, minus, gap) as LaTeX; cell texts need no escaping (numbers only)."""
+    for symbol, latex in _LATEX_SYMBOLS.items():
+        text = text.replace(symbol, latex)
+    return text

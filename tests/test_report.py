@@ -1,4 +1,8 @@
-"""goracs-report on synthetic metrics.json files with known values: table text, CSV numbers, LaTeX, gaps, plots."""
+"""goracs-report on synthetic metrics.json files with known values: table text, CSV numbers, LaTeX, gaps, plots.
+
+These sweeps have no test_outputs.parquet (older runs), so their intervals are the seed-level Welch fallback (†);
+the paired bootstrap is tested in tests/test_report_bootstrap.py.
+"""
 
 from __future__ import annotations
 
@@ -27,13 +31,18 @@ SELECT_TIME = {"random": 0.01, "goracs": 2.5, "full": 0.0}
 EXPECTED_MARKDOWN = """\
 ### games / seqrec / smollm2 — test/ndcg@10 (higher is better)
 
-mean ± std over 2 seeds (sample std, ddof=1); best per column in bold.
+mean ± std over 2 seeds (sample std, ddof=1); best per column in bold. [low, high]: 95% interval of the difference \
+method − random; ▲ / ▼: it excludes 0, better / worse than random; (ref): the reference. †: Welch t interval over \
+seed means (no per-sample test_outputs.parquet: older runs), measures training noise across seeds. No interval for \
+full (budget-less, the reference random is budgeted).
 
-| selection |             all |                  64 |                 128 |
-|:----------|----------------:|--------------------:|--------------------:|
-| full      | 0.3200 ± 0.0283 |                     |                     |
-| random    |                 |     0.1100 ± 0.0141 |     0.1600 ± 0.0283 |
-| goracs    |                 | **0.1400 ± 0.0141** | **0.2100 ± 0.0141** |"""
+| selection |             all |                                      64 |                                     128 |
+|:----------|----------------:|----------------------------------------:|----------------------------------------:|
+| full      | 0.3200 ± 0.0283 |                                         |                                         |
+| random    |                 |                   0.1100 ± 0.0141 (ref) |                   0.1600 ± 0.0283 (ref) |
+| goracs    |                 | **0.1400 ± 0.0141** [−0.0308, +0.0908]† | **0.2100 ± 0.0141** [−0.0884, +0.1884]† |"""
+# Welch by hand: 64: diff 0.03, se = sqrt(2 · 0.0002/2) = 0.01414, ν = 2, t_{2, .975} = 4.3027 -> ±0.0608;
+# 128: diff 0.05, se² = 0.0001 + 0.0004, ν = 1.4706 (t = 6.190) -> ±0.1384.
 
 
 def write_run(root: Path, selection: str, budget: int, seed: int, status: str = "ok", **values) -> Path:
@@ -87,8 +96,9 @@ def test_latex_bolds_the_best_cell_per_column(tmp_path):
     sweep = write_sweep(tmp_path / "sweep")
     assert main([str(sweep), "--metric", "test/ndcg@10", "--no-plots"]) == 0
     tex = (sweep / "report" / "games_seqrec_smollm2_test_ndcg_at10.tex").read_text()
-    assert r"goracs &  & \textbf{0.1400 $\pm$ 0.0141} & \textbf{0.2100 $\pm$ 0.0141} \\" in tex
-    assert r"random &  & 0.1100 $\pm$ 0.0141 & 0.1600 $\pm$ 0.0283 \\" in tex
+    assert (r"goracs &  & \textbf{0.1400 $\pm$ 0.0141} [$-$0.0308, +0.0908]$^\dagger$ & "
+            r"\textbf{0.2100 $\pm$ 0.0141} [$-$0.0884, +0.1884]$^\dagger$ \\") in tex
+    assert r"random &  & 0.1100 $\pm$ 0.0141 (ref) & 0.1600 $\pm$ 0.0283 (ref) \\" in tex
     assert tex.count(r"\textbf") == 2 and r"\begin{tabular}{lrrr}" in tex
 
 
@@ -142,8 +152,9 @@ def test_single_seed_shows_mean_only_and_groups_make_separate_tables(tmp_path):
     write_run(sweep, "goracs", 64, 0, data="movies", task="ctr", **{"test/auc": 0.8})
     assert main([str(sweep), "--no-plots"]) == 0
     games = (sweep / "report" / "games_seqrec_smollm2_test_ndcg_at10.md").read_text().splitlines()
-    assert "1 seed, no std; best per column in bold." in games
-    assert games[-2:] == ["| random    |     0.2500 |", "| goracs    | **0.5000** |"]
+    assert games[2].startswith("1 seed, no std; best per column in bold.")
+    assert "No interval for goracs @ 64 (no test_outputs.parquet with test/ndcg@10 and < 2 seeds" in games[2]
+    assert games[-2:] == ["| random    | 0.2500 (ref) |", "| goracs    |   **0.5000** |"]
     assert sorted(p.name for p in (sweep / "report").glob("*.md")) == [
         "games_seqrec_smollm2_test_ndcg_at10.md", "movies_ctr_smollm2_test_auc.md"]
 
