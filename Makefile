@@ -14,7 +14,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[test,sweep]"
+	$(PY) -m pip install -q -e ".[test,sweep,optuna]"
 	$(PY) -m pip install -q --no-deps $(OFFLINE_WHEELS)
 	touch $@
 
