@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -47,7 +46,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from goracs.evaluation.records import FILENAME, RANK_COLUMNS, auc, ndcg_gain
+from goracs.evaluation.records import FILENAME, RANKED, RANK_COLUMNS, auc, floats as _floats, ndcg_gain, sample_values
 from goracs.report_tables import (BETTER, BUDGETLESS_METHODS, FALLBACK, FULL_COLUMN, WORSE, Cell, Interval, Table,
                                   budgetless_rows)
 
@@ -55,7 +54,6 @@ log = logging.getLogger("goracs.report")  # the CLI's logger: same name in messa
 
 LEVEL = 0.95
 _IDENTITY = ("row", "user", "item", "label")  # columns that must agree between record files of one table
-_RANKED = re.compile(r"(ndcg|hit)@(\d+)(.*)")
 _CHUNK_ENTRIES = 1 << 22  # resample-matrix entries per chunk (bounds memory for large test sets)
 
 
@@ -153,39 +151,10 @@ def backing(metric: str) -> str | None:
         return None
     if name == "auc":
         return "auc"
-    ranked = _RANKED.fullmatch(name)
+    ranked = RANKED.fullmatch(name)
     if name in ("loss", "logloss", "accuracy", "exact_match") or (ranked and ranked[3] in RANK_COLUMNS):
         return "mean"
     return None
-
-
-def sample_values(records: pd.DataFrame, metric: str) -> np.ndarray | None:
-    """Per-sample values (NaN where null) whose mean over non-null rows is ``metric`` as
-    :func:`goracs.evaluation.records.metrics_from_records` defines it; ``None`` when the column is absent.
-
-    ``loss`` / ``logloss``: ``loss``; ``accuracy``: ``1[p_yes > 0.5] = label``; ``exact_match``: ``exact``;
-    ``ndcg@K<suffix>``: ``ndcg_gain(rank, K)`` and ``hit@K<suffix>``: ``1[rank < K]`` with the rank column
-    ``RANK_COLUMNS[suffix]``; ``auc``: the scores ``p_yes`` (their labels: :func:`_floats` of ``label``).
-    """
-    name = metric.removeprefix("test/")
-    if name in ("loss", "logloss"):
-        return _floats(records, "loss")
-    if name == "auc":
-        return _floats(records, "p_yes")
-    if name == "exact_match":
-        return _floats(records, "exact")
-    if name == "accuracy":
-        p, y = _floats(records, "p_yes"), _floats(records, "label")
-        if p is None or y is None:
-            return None
-        return np.where(np.isnan(p) | np.isnan(y), np.nan, ((p > 0.5) == (y == 1)).astype(np.float64))
-    ranked = _RANKED.fullmatch(name)
-    ranks = _floats(records, RANK_COLUMNS[ranked[3]]) if ranked and ranked[3] in RANK_COLUMNS else None
-    if ranks is None:
-        return None
-    k = int(ranked[2])
-    values = ndcg_gain(ranks, k) if ranked[1] == "ndcg" else (ranks < k).astype(np.float64)
-    return np.where(np.isnan(ranks), np.nan, values)
 
 
 class RecordStore:
@@ -315,16 +284,6 @@ def _resample_counts(rng: np.random.Generator, n: int, b: int) -> np.ndarray:
     """Multiplicities ``(b, n)`` of ``b`` draws of ``n`` row indices with replacement."""
     idx = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
     return np.bincount(idx.ravel(), minlength=b * n).reshape(b, n)
-
-
-def _floats(records: pd.DataFrame, column: str) -> np.ndarray | None:
-    """``column`` as float64 with NaN for null (nullable ints and booleans included); ``None`` when absent."""
-    if column not in records.columns:
-        return None
-    values = records[column]
-    if values.dtype == object:
-        values = values.map(lambda v: np.nan if v is None or v is pd.NA else float(v))
-    return values.astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def _compare_rows(path_a: Path, a: pd.DataFrame, path_b: Path, b: pd.DataFrame) -> None:

@@ -15,8 +15,9 @@ ids for the same samples, so two methods (or seeds) can be compared sample by sa
 * CTR: ``label`` (int, 1 = like), ``p_yes`` (float), ``loss`` = two-way logloss ``-[y log p + (1-y) log(1-p)]``
   with ``p`` clipped to ``[EPS, 1 - EPS]``.
 
-:func:`metrics_from_records` is the single definition of every ``test/*`` metric as a function of these rows; the
-evaluation stage reports it and the report's bootstrap recomputes it on resampled rows. Only numpy, pandas and
+:func:`sample_values` is the single definition of each mean-type ``test/*`` metric as a per-sample value, and
+:func:`metrics_from_records` averages them (AUC is the one metric that is not a mean); the evaluation stage reports
+those and the report's bootstrap resamples the same per-sample values. Only numpy, pandas and
 scikit-learn are imported here (no torch), so the report stays light.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Sequence
 
 import numpy as np
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 FILENAME = "test_outputs.parquet"
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] in the logloss: a confident mistake costs ~16 nats
 RANK_COLUMNS = {"": "rank", "_full": "rank_full", "_ll": "rank_ll"}  # metric suffix -> rank column
+RANKED = re.compile(r"(ndcg|hit)@(\d+)(.*)")  # ndcg@K / hit@K with a RANK_COLUMNS suffix
 
 
 def metrics_from_records(records: pd.DataFrame, task: str, topk: Sequence[int] = (5, 10)) -> dict[str, float]:
@@ -46,25 +49,60 @@ def metrics_from_records(records: pd.DataFrame, task: str, topk: Sequence[int] =
     title (column ``exact``). CTR: ``logloss`` (= ``loss``), ``auc`` (NaN when the labels have one class),
     ``accuracy`` = mean of ``1[p_yes > 0.5] = label``.
     """
-    out: dict[str, float] = {"loss": _mean(records["loss"])}
+    out: dict[str, float] = {"loss": _nanmean(sample_values(records, "loss"))}
     if task == "ctr":
         labels = records["label"].to_numpy(dtype=np.int64)
-        p = records["p_yes"].to_numpy(dtype=np.float64)
-        out.update(auc=auc(labels, p), logloss=out["loss"],
-                   accuracy=float(np.mean((p > 0.5).astype(np.int64) == labels)) if len(p) else math.nan)
+        out.update(auc=auc(labels, records["p_yes"].to_numpy(dtype=np.float64)), logloss=out["loss"],
+                   accuracy=_nanmean(sample_values(records, "accuracy")))
         return out
     for suffix, column in RANK_COLUMNS.items():
-        if column not in records.columns:
-            continue
-        ranks = pd.to_numeric(records[column], errors="coerce").dropna().to_numpy(dtype=np.float64)
-        if ranks.size == 0:
+        if column not in records.columns or not records[column].notna().any():
             continue
         for k in sorted(int(k) for k in topk):
-            out[f"ndcg@{k}{suffix}"] = float(np.mean(ndcg_gain(ranks, k)))
-            out[f"hit@{k}{suffix}"] = float(np.mean(ranks < k))
+            for name in (f"ndcg@{k}{suffix}", f"hit@{k}{suffix}"):
+                out[name] = _nanmean(sample_values(records, name))
     if "exact" in records.columns and records["exact"].notna().any():
-        out["exact_match"] = float(records["exact"].dropna().astype(bool).mean())
+        out["exact_match"] = _nanmean(sample_values(records, "exact_match"))
     return out
+
+
+def sample_values(records: pd.DataFrame, metric: str) -> np.ndarray | None:
+    """Per-sample values (NaN where null) whose mean over non-null rows is ``metric`` as
+    :func:`metrics_from_records` defines it; ``None`` when the column is absent.
+
+    ``loss`` / ``logloss``: ``loss``; ``accuracy``: ``1[p_yes > 0.5] = label``; ``exact_match``: ``exact``;
+    ``ndcg@K<suffix>``: ``ndcg_gain(rank, K)`` and ``hit@K<suffix>``: ``1[rank < K]`` with the rank column
+    ``RANK_COLUMNS[suffix]``; ``auc``: the scores ``p_yes`` (their labels: :func:`floats` of ``label``).
+    """
+    name = metric.removeprefix("test/")
+    if name in ("loss", "logloss"):
+        return floats(records, "loss")
+    if name == "auc":
+        return floats(records, "p_yes")
+    if name == "exact_match":
+        return floats(records, "exact")
+    if name == "accuracy":
+        p, y = floats(records, "p_yes"), floats(records, "label")
+        if p is None or y is None:
+            return None
+        return np.where(np.isnan(p) | np.isnan(y), np.nan, ((p > 0.5) == (y == 1)).astype(np.float64))
+    ranked = RANKED.fullmatch(name)
+    ranks = floats(records, RANK_COLUMNS[ranked[3]]) if ranked and ranked[3] in RANK_COLUMNS else None
+    if ranks is None:
+        return None
+    k = int(ranked[2])
+    values = ndcg_gain(ranks, k) if ranked[1] == "ndcg" else (ranks < k).astype(np.float64)
+    return np.where(np.isnan(ranks), np.nan, values)
+
+
+def floats(records: pd.DataFrame, column: str) -> np.ndarray | None:
+    """``column`` as float64 with NaN for null (nullable ints and booleans included); ``None`` when absent."""
+    if column not in records.columns:
+        return None
+    values = records[column]
+    if values.dtype == object:
+        values = values.map(lambda v: np.nan if v is None or v is pd.NA else float(v))
+    return values.astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def ndcg_gain(ranks: np.ndarray, k: int) -> np.ndarray:
@@ -96,6 +134,9 @@ def write_records(records: pd.DataFrame, path) -> None:
     atomic_write(path, lambda p: records.to_parquet(p, index=False))
 
 
-def _mean(values: pd.Series) -> float:
-    x = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=np.float64)
-    return float(x.mean()) if x.size else math.nan
+def _nanmean(values: np.ndarray | None) -> float:
+    """Mean over the non-NaN entries (NaN when there are none)."""
+    if values is None:
+        return math.nan
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else math.nan
