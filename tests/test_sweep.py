@@ -1,4 +1,5 @@
-"""A real multirun (2 methods x 2 budgets on tiny_llama) in a subprocess, then goracs-report, then a resumed launch."""
+"""A real multirun (2 methods x 2 budgets x 2 seeds on tiny_llama) in a subprocess, then goracs-report with paired
+intervals vs random, then a resumed launch."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _launch(sweep: Path, cache: Path, axes=("selection=random,grand", "budget=4,8")) -> subprocess.CompletedProcess:
+def _launch(sweep: Path, cache: Path, axes=("selection=random,grand", "budget=4,8", "seed=0,1")) -> subprocess.CompletedProcess:
     args = [sys.executable, "-m", "goracs.run", "-m", "experiment_name=test_sweep", *axes, "model=tiny_llama", "data.max_train=32", "data.max_valid=8", "data.max_test=8",
             "trainer.lightning.max_epochs=1", "eval.max_new_tokens=4", "eval.num_beams=1", "logger=none",
             f"hydra.sweep.dir={sweep}", f"paths.cache_dir={cache}"]
@@ -28,27 +29,38 @@ def test_multirun_report_and_resume(tmp_path, shared_data):
     first = _launch(sweep, cache)
     assert first.returncode == 0, first.stderr[-3000:]
     files = sorted(sweep.rglob("metrics.json"))
-    assert len(files) == 4
+    assert len(files) == 8
     runs = [json.loads(f.read_text()) for f in files]
-    assert {(r["selection"], r["budget"]) for r in runs} == {("random", 4), ("random", 8), ("grand", 4), ("grand", 8)}
+    assert {(r["selection"], r["budget"], r["seed"]) for r in runs} == {
+        (m, b, s) for m in ("random", "grand") for b in (4, 8) for s in (0, 1)}
     assert all(r["status"] == "ok" and r["experiment"] == "test_sweep" for r in runs)
+    for f in files:  # one record per test sample, the same row ids for every job (paired comparisons)
+        records = pd.read_parquet(f.parent / "test_outputs.parquet")
+        assert list(records["row"]) == list(range(8))
 
     out = tmp_path / "report"
     report = subprocess.run([sys.executable, "-m", "goracs.report", str(sweep), "--out", str(out), "--metric",
-                             "test/ndcg@10"], cwd=REPO, capture_output=True, text=True, timeout=300)
+                             "test/ndcg@10", "--metric", "test/loss", "--reference", "random", "--n-boot", "500"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     csv = pd.read_csv(next(out.glob("*test_ndcg_at10.csv")))
     assert len(csv) == 4 and set(csv["selection"]) == {"random", "grand"}
-    for r in runs:  # one seed per cell: the table's mean is the run's own value
-        cell = csv[(csv["selection"] == r["selection"]) & (csv["budget"] == r["budget"])]
-        assert cell["mean"].item() == pytest.approx(r["test/ndcg@10"], abs=1e-9)
+    for (method, budget), cell in csv.groupby(["selection", "budget"]):  # two seeds per cell: mean of the runs
+        values = [r["test/ndcg@10"] for r in runs if (r["selection"], r["budget"]) == (method, budget)]
+        assert cell["mean"].item() == pytest.approx(sum(values) / 2, abs=1e-9)
+    loss = pd.read_csv(next(out.glob("*test_loss.csv")))
+    grand = loss[loss["selection"] == "grand"]
+    assert grand["ci_low"].notna().all() and (grand["ci_low"] <= grand["diff"]).all()
+    assert (grand["diff"] <= grand["ci_high"]).all() and set(grand["reference"]) == {"random"}
+    markdown = next(out.glob("*test_loss.md")).read_text()
+    assert "(ref)" in markdown and "[" in markdown  # the reference row, and intervals in the other cells
     assert list(out.glob("*.png")) and list(out.glob("*.md"))
 
     stamps = {f: f.stat().st_mtime_ns for f in files}
     second = _launch(sweep, cache)  # the same sweep again: every job is already ok
     assert second.returncode == 0, second.stderr[-3000:]
     assert {f: f.stat().st_mtime_ns for f in files} == stamps
-    assert (second.stdout + second.stderr).count("skipping") == 4
+    assert (second.stdout + second.stderr).count("skipping") == 8
 
 
 @pytest.mark.slow
