@@ -19,6 +19,7 @@ response's opening quote are separate pre-tokens, so this equals tokenising the 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from typing import Sequence
 
@@ -66,7 +67,8 @@ def candidate_scores(model, tokenizer, prompt: str, responses: Sequence[str], *,
     device = next(model.parameters()).device
     prompt_ids = torch.tensor([encode_prompt(tokenizer, prompt, cutoff_len=cutoff_len)["input_ids"]], device=device)
     out = model(input_ids=prompt_ids, use_cache=True, logits_to_keep=1)
-    cache, first = out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    cache_kw = _cache_keyword(model)
+    cache, first = getattr(out, cache_kw), torch.log_softmax(out.logits[0, -1].float(), dim=-1)
     n_prompt = prompt_ids.shape[1]
     tokens = [candidate_tokens(tokenizer, r) for r in responses]
     scores = np.empty(len(tokens))
@@ -83,7 +85,7 @@ def candidate_scores(model, tokenizer, prompt: str, responses: Sequence[str], *,
         shared.batch_repeat_interleave(len(chunk))
         # Right padding: a pad only follows a candidate's tokens, so causal attention never lets it change them.
         attention = torch.ones((len(chunk), n_prompt + width), dtype=torch.long, device=device)
-        logits = model(input_ids=ids, attention_mask=attention, past_key_values=shared, use_cache=True).logits
+        logits = model(input_ids=ids, attention_mask=attention, use_cache=True, **{cache_kw: shared}).logits
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts candidate token t + 1
         token_lp = torch.cat([first[ids[:, 0]].unsqueeze(1),
                               logp.gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2)], dim=1)
@@ -103,6 +105,12 @@ def likelihood_rank(target_scores: Sequence[float], negative_scores: Sequence[fl
     negatives that share a target's title)."""
     best = max(target_scores)
     return int(np.sum(np.asarray(negative_scores, dtype=np.float64) > best))
+
+
+def _cache_keyword(model) -> str:
+    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier 5.x): the KV-cache argument and output name."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
 def _pad_id(tokenizer) -> int:
