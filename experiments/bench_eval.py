@@ -14,6 +14,7 @@ them. A third figure is the floor of the cached path: one plain forward of the s
 
     python experiments/bench_eval.py --rows 5                       # SmolLM2-135M (converted copy in outputs/cache)
     python experiments/bench_eval.py --rows 5 --model tiny_llama    # random tiny Llama (seconds)
+    python experiments/bench_eval.py --rows 2 --override model.backbone.dtype=float32   # fp32 SmolLM2
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main() -> None:
     p.add_argument("--candidate-batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--override", action="append", default=[],
+                   help="extra Hydra override, repeatable (e.g. model.backbone.dtype=float32)")
     p.add_argument("--json-out", default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -58,7 +61,8 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"model={args.model}", f"paths.root={REPO}",
                                            f"paths.cache_dir={REPO / 'outputs' / 'cache'}",
-                                           f"paths.shared_data={REPO.parent / 'shared' / 'data'}"])
+                                           f"paths.shared_data={REPO.parent / 'shared' / 'data'}",
+                                           *args.override])
     plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
     samples = prepare_samples(plain(cfg.data), plain(cfg.task), int(cfg.data_seed), Path(cfg.paths.cache_dir))
     model, tok = instantiate(cfg.model.backbone).load(tokenizer_corpus(samples))
@@ -88,7 +92,7 @@ def main() -> None:
         max_diff = max(max_diff, float(np.max(np.abs(fast - slow))))
         same_order += int(np.array_equal(np.argsort(-fast, kind="stable"), np.argsort(-slow, kind="stable")))
     result = {
-        "model": args.model, "device": device, "threads": torch.get_num_threads(), "rows": len(rows),
+        "model": args.model, "overrides": args.override, "dtype": str(next(model.parameters()).dtype), "device": device, "threads": torch.get_num_threads(), "rows": len(rows),
         "candidates": n_candidates, "candidate_batch_size": args.candidate_batch_size,
         "cached_cand_per_s": n_candidates / cached_s, "brute_cand_per_s": n_candidates / brute_s,
         "speedup": brute_s / cached_s, "candidate_tokens_floor_cand_per_s": n_candidates / floor_s,
