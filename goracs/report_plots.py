@@ -1,6 +1,8 @@
 """Plots for ``goracs-report``: ``<group>_<metric>.png`` (metric against budget per method, error bars = std,
-budget-less methods ``full`` / ``none`` as horizontal lines) and ``<group>_select_time.png`` (``select/time_s`` or
-``time/select_s`` against budget).
+budget-less methods ``full`` / ``none`` as horizontal lines), ``<group>_<metric>_diff.png`` (for tables with
+intervals: ``method − reference`` against budget, one point per method and column with its 95% interval as the error
+bar, methods side by side, a line at 0; filled markers where the interval excludes 0) and
+``<group>_select_time.png`` (``select/time_s`` or ``time/select_s`` against budget).
 
 Interval bands: where a table has intervals (:mod:`goracs.report_intervals`), each compared method gets a shaded
 band in its colour spanning ``reference mean + [low, high]`` at each column (the reference mean of that column, or
@@ -34,6 +36,8 @@ def write_plots(frame: pd.DataFrame, tables: list[Table], args: argparse.Namespa
 
     matplotlib.use("Agg")  # files only, no display
     written = [_plot(table, out / f"{table.stem}_{sanitise(table.metric)}.png") for table in tables]
+    written += [_plot_diff(table, out / f"{table.stem}_{sanitise(table.metric)}_diff.png")
+                for table in tables if table.intervals]
     frame = frame.assign(_col=column_labels(frame, args.rows, args.cols))
     groups = frame.groupby(args.group, sort=True) if args.group else [((), frame)]
     for values, group in groups:
@@ -84,6 +88,43 @@ def _plot(table: Table, path: Path, ylabel: str | None = None) -> Path:
                  fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_diff(table: Table, path: Path) -> Path:
+    """``method − reference`` per column with its interval (the module docstring); columns on a categorical axis,
+    the methods compared in a column side by side so their bars do not overlap."""
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in table.cols if any((r, c) in table.intervals for r in table.rows)]
+    rows = [r for r in table.rows if any((r, c) in table.intervals for c in cols)]
+    color = {r: f"C{i % 10}" for i, r in enumerate(rows)}
+    fig, ax = plt.subplots(figsize=(min(12.0, 4.0 + 0.25 * sum(len(rows) for _ in cols)), 4))
+    lower_better = direction(table) == "lower is better"
+    labelled: set[str] = set()
+    for j, col in enumerate(cols):
+        present = [r for r in rows if (r, col) in table.intervals]
+        width = 0.8 / len(present)
+        for i, row in enumerate(present):
+            interval = table.intervals[(row, col)]
+            x = j - 0.4 + width * (i + 0.5)
+            filled = interval.significant(lower_better) != "none"
+            ax.errorbar([x], [interval.diff], yerr=[[interval.diff - interval.low], [interval.high - interval.diff]],
+                        marker="o", capsize=3, color=color[row], markerfacecolor=color[row] if filled else "white",
+                        label=None if row in labelled else row)
+            labelled.add(row)
+    ax.axhline(0.0, color="black", linewidth=1)
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_xlim(-0.5, len(cols) - 0.5)
+    ax.set_xlabel(table.col_key)
+    ax.set_ylabel(f"{table.metric} − {table.reference}\n({direction(table)})")
+    ax.set_title(f"{table.title}: difference to {table.reference}\n95% interval; filled marker: it excludes 0",
+                 fontsize="medium")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -247,6 +247,8 @@ def test_cli_ctr_auc_interval_and_plot_bands(tmp_path):
     assert main([str(sweep), "--out", str(tmp_path / "plots"), "--metric", "test/auc", "--n-boot", "200"]) == 0
     png = (tmp_path / "plots" / "games_ctr_smollm2_test_auc.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
+    diff = (tmp_path / "plots" / "games_ctr_smollm2_test_auc_diff.png").read_bytes()  # method − reference view
+    assert diff.startswith(b"\x89PNG") and len(diff) > 1000
 
 
 @pytest.mark.parametrize("task", ["seqrec", "ctr"])
