@@ -16,7 +16,6 @@ from goracs.models.encoding import answer_token_ids, collate_left, encode_prompt
 log = logging.getLogger(__name__)
 
 
-
 @torch.no_grad()
 def predict_p_yes(model, tokenizer, prompts: Sequence[str], *, batch_size: int, cutoff_len: int) -> np.ndarray:
     """(N,) P(Yes) = softmax([z_yes, z_no])[0] with ``z`` the logits after the whole prompt (left padding)."""
@@ -36,11 +35,16 @@ def ctr_metrics(labels: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """``auc`` (ROC AUC of P(Yes); NaN with a warning when the labels have one class), ``logloss``
     = -mean(y log p + (1 - y) log(1 - p)) with p clipped to [EPS, 1 - EPS], ``accuracy`` = mean(1[p > 0.5] == y).
     The formulas live in :mod:`goracs.evaluation.records` (per-sample rows), shared with the report's bootstrap."""
+    metrics = metrics_from_records(ctr_records(labels, p), "ctr")
+    return {k: metrics[k] for k in ("auc", "logloss", "accuracy")}
+
+
+def ctr_records(labels: np.ndarray, p: np.ndarray) -> pd.DataFrame:
+    """Per-sample CTR columns of ``test_outputs.parquet``: ``label``, ``p_yes`` and the logloss ``loss``; warns when
+    the labels have one class (the AUC is then NaN)."""
     labels, p = np.asarray(labels, dtype=np.int64), np.asarray(p, dtype=np.float64)
     if labels.shape != p.shape or labels.size == 0:
         raise ValueError(f"labels {labels.shape} and probabilities {p.shape} must be equal-length, non-empty")
     if len(np.unique(labels)) < 2:
         log.warning("AUC is undefined: all %d test labels are %d; reporting NaN", labels.size, labels[0])
-    rows = pd.DataFrame({"label": labels, "p_yes": p, "loss": logloss_per_sample(labels, p)})
-    metrics = metrics_from_records(rows, "ctr")
-    return {k: metrics[k] for k in ("auc", "logloss", "accuracy")}
+    return pd.DataFrame({"label": labels, "p_yes": p, "loss": logloss_per_sample(labels, p)})

@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 
 from goracs.cache import DiskCache, config_key
 from goracs.data.instructions import seqrec_response
-from goracs.evaluation.ctr import predict_p_yes
+from goracs.evaluation.ctr import ctr_records, predict_p_yes
 from goracs.evaluation.grounding import (catalogue_positions, clean_text, embed_texts, generate, ground_ranks,
                                          title_groups)
 from goracs.evaluation.likelihood import candidate_scores, likelihood_rank, response_losses
-from goracs.evaluation.records import logloss_per_sample, metrics_from_records
+from goracs.evaluation.records import metrics_from_records
 from goracs.models.encoding import prompt_text
 
 log = logging.getLogger(__name__)
@@ -99,11 +99,7 @@ def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task:
     elif task == "ctr":
         prompts = [prompt_text(r, "ctr", purpose="infer", faithful=faithful) for r in rows]
         p = predict_p_yes(model, tokenizer, prompts, batch_size=batch_size, cutoff_len=cutoff_len)
-        records["label"] = test["label"].to_numpy(dtype=np.int64)
-        records["p_yes"] = p
-        records["loss"] = logloss_per_sample(records["label"].to_numpy(), p)
-        if records["label"].nunique() < 2:
-            log.warning("AUC is undefined: all %d test labels are %d; reporting NaN", len(p), records["label"][0])
+        records = pd.concat([records, ctr_records(test["label"].to_numpy(), p)], axis=1)
     else:
         raise ValueError(f"task={task!r}: expected 'seqrec' or 'ctr'")
     metrics = metrics_from_records(records, task, topk)
@@ -171,22 +167,22 @@ def _likelihood_ranks(records: pd.DataFrame, model, tokenizer, rows: list[dict],
     clean = [clean_text(t) for t in raw]
     ranks = []
     for i in tqdm(ranked, desc="likelihood ranking", unit="row", leave=False):
-        negatives = [c for c in negative_cols[i] if c not in set(target_cols[i])]
+        # target_cols holds every id that carries a target's title, so these negatives never share one.
+        own = set(target_cols[i])
+        negatives = [c for c in negative_cols[i] if c not in own]
         if not negatives:
             ranks.append(pd.NA)
             continue
-        # One score per distinct cleaned title: duplicates of a title are the same response.
-        titles = list(dict.fromkeys(clean[c] for c in [*target_cols[i], *negatives]))
-        first_raw = {}
+        # One score per distinct cleaned title (duplicates of a title are the same response), first raw spelling.
+        responses: dict[str, str] = {}
         for c in [*target_cols[i], *negatives]:
-            first_raw.setdefault(clean[c], raw[c])
+            responses.setdefault(clean[c], seqrec_response(raw[c]))
         prompt = prompt_text(rows[i], "seqrec", purpose="infer", faithful=faithful)
-        values = candidate_scores(model, tokenizer, prompt, [seqrec_response(first_raw[t]) for t in titles],
-                                  cutoff_len=cutoff_len, candidate_batch_size=candidate_batch_size)
-        score = dict(zip(titles, values))
-        own = {clean[c] for c in target_cols[i]}
-        ranks.append(likelihood_rank([score[t] for t in own],
-                                     [score[clean[c]] for c in negatives if clean[c] not in own]))
+        values = candidate_scores(model, tokenizer, prompt, list(responses.values()), cutoff_len=cutoff_len,
+                                  candidate_batch_size=candidate_batch_size)
+        score = dict(zip(responses, values))
+        ranks.append(likelihood_rank([score[clean[c]] for c in target_cols[i]],
+                                     [score[clean[c]] for c in negatives]))
     records["rank_ll"] = _nullable(len(records), ranked, pd.array(ranks, dtype="Int64"))
 
 

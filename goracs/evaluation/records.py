@@ -23,15 +23,12 @@ scikit-learn are imported here (no torch), so the report stays light.
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-
-log = logging.getLogger(__name__)
 
 FILENAME = "test_outputs.parquet"
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] in the logloss: a confident mistake costs ~16 nats
