@@ -31,6 +31,7 @@ from torch import nn
 
 from goracs.features.losses import el2n, task_loss
 from goracs.features.projection import Projection
+from goracs.models.lm_head import lm_losses
 from goracs.models.encoding import IGNORE, collate_left, encode_lm, encode_prompt, prompt_text
 
 log = logging.getLogger(__name__)
@@ -146,11 +147,19 @@ class GradientExtractor:
         self._captured.clear()
         position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # as if each sample were alone, unpadded
         with torch.enable_grad():
-            # CTR needs only the last position's logits: skip the (B, T, vocab) tensor.
-            keep = {"logits_to_keep": 1} if self.task == "ctr" else {}
-            out = self.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids,
-                             use_cache=False, **keep)
-            losses = task_loss(self.task, out.logits, batch, self.yes_no)
+            errors = None
+            if self.task == "seqrec":
+                # Loss and EL2N through the head in chunks (goracs.models.lm_head): no (B, T, vocab) logits.
+                res = lm_losses(self.model, batch["input_ids"], mask, batch["labels"], position_ids=position_ids,
+                                response=batch["response"], want_el2n="el2n" in self.want)
+                losses, errors = res.loss, res.el2n
+            else:
+                # CTR needs only the last position's logits.
+                out = self.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids,
+                                 use_cache=False, logits_to_keep=1)
+                losses = task_loss(self.task, out.logits, batch, self.yes_no)
+                if "el2n" in self.want:
+                    errors = el2n(self.task, out.logits.detach(), batch, self.yes_no)
             names = list(self._chosen)
             outputs = [self._captured[n][1] for n in names]
             grads_out = torch.autograd.grad(losses.sum(), outputs)
@@ -158,8 +167,8 @@ class GradientExtractor:
                       for n, g in zip(names, grads_out)]
         grads = torch.cat(per_sample, dim=1)  # (B, P), parameter order = model order of the chosen names
         result = {"loss": losses.detach(), "grad_norm": grads.norm(dim=1)}
-        if "el2n" in self.want:
-            result["el2n"] = el2n(self.task, out.logits.detach(), batch, self.yes_no)
+        if errors is not None:
+            result["el2n"] = errors
         if "grad_proj" in self.want:
             result["grad_proj"] = self.projection(grads) if self.projection is not None else grads
         self._captured.clear()

@@ -21,7 +21,8 @@ import math
 
 import torch
 
-from goracs.models.encoding import IGNORE, ctr_loss_per_sample, lm_loss_per_sample
+from goracs.models.encoding import ctr_loss_per_sample, lm_loss_per_sample
+from goracs.models.lm_head import losses_from_logits
 
 
 def task_loss(task: str, logits: torch.Tensor, batch: dict[str, torch.Tensor],
@@ -43,18 +44,7 @@ def el2n(task: str, logits: torch.Tensor, batch: dict[str, torch.Tensor],
         yes, no = _answer_ids(yes_no)
         p_yes = torch.softmax(logits[:, -1, [yes, no]].float(), dim=-1)[:, 0]
         return math.sqrt(2.0) * (p_yes - batch["label"].float()).abs()
-    labels = batch["labels"][:, 1:]
-    counted = labels != IGNORE
-    response = batch["response"][:, 1:].bool() & counted
-    # Samples whose response was truncated away use all their counted tokens.
-    use = torch.where(response.any(dim=1, keepdim=True), response, counted)
-    rows, cols = use.nonzero(as_tuple=True)
-    picked = logits[:, :-1, :][rows, cols].float()  # (K, V): only the scored positions, not B*T*V
-    p = torch.softmax(picked, dim=-1)
-    p_target = p.gather(1, labels[rows, cols].unsqueeze(1)).squeeze(1)
-    err = ((p * p).sum(dim=1) - 2 * p_target + 1).clamp(min=0).sqrt()
-    total = torch.zeros(labels.shape[0], device=logits.device).index_add_(0, rows, err)
-    return total / use.sum(dim=1).clamp(min=1)
+    return losses_from_logits(logits, batch["labels"], response=batch.get("response"), want_el2n=True).el2n
 
 
 def _answer_ids(yes_no: tuple[int, int] | None) -> tuple[int, int]:

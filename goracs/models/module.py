@@ -22,7 +22,8 @@ import lightning.pytorch as pl
 import torch
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
-from goracs.models.encoding import ctr_loss_per_sample, lm_loss_per_sample
+from goracs.models.encoding import ctr_loss_per_sample
+from goracs.models.lm_head import lm_losses
 
 
 # Wrapper prefixes that FSDP / activation checkpointing insert into parameter names.
@@ -55,12 +56,17 @@ class LoraRecModule(pl.LightningModule):
     def per_sample_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B,) task loss of each sample in ``batch`` (see the module docstring)."""
         if self.task == "seqrec":
-            out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            return lm_loss_per_sample(out.logits, batch["labels"])
+            # Through the LM head in chunks (goracs.models.lm_head): same values, no (B, T, vocab) logits.
+            return lm_losses(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
         # Only the last position's logits are needed: skip the (B, T, vocab) LM-head product.
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
         yes_id, no_id = self.answer_ids
         return ctr_loss_per_sample(out.logits[:, -1, :], batch["label"], yes_id, no_id)
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning keeps the modes it finds, and Hugging Face loads models in eval mode: make training mode (LoRA
+        # dropout on) explicit, whatever pass the model served before. Validation switches to eval and back.
+        self.model.train()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.per_sample_loss(batch).mean()
