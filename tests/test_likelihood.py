@@ -134,3 +134,18 @@ def test_metrics_from_records_hand_computed():
     c = metrics_from_records(ctr, "ctr")
     assert c["auc"] == pytest.approx(2 / 4) and c["accuracy"] == pytest.approx(3 / 4)  # pairs (0.8|0.6 vs 0.3|0.9)
     assert c["loss"] == c["logloss"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("num_beams", [2, 3])
+def test_beam_search_with_the_shared_prompt_prefill_equals_plain_generate(tiny, monkeypatch, num_beams):
+    """The prompt is prefilled once and its cache repeated per beam: the generations (padded batch) must be those of
+    a plain ``generate`` that prefills every beam itself."""
+    from goracs.evaluation import grounding
+
+    model, tok, test, _ = tiny
+    prompts = [prompt_text(r, "seqrec", purpose="infer") for r in test.to_dict("records")][:5]
+    assert len({len(encode_prompt(tok, p, cutoff_len=512)["input_ids"]) for p in prompts}) > 1  # padding
+    kwargs = dict(num_beams=num_beams, max_new_tokens=6, batch_size=5, cutoff_len=512)
+    shared = grounding.generate(model, tok, prompts, **kwargs)
+    monkeypatch.setattr(grounding, "_shared_prefill", lambda *a: {})
+    assert shared == grounding.generate(model, tok, prompts, **kwargs)

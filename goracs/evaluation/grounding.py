@@ -23,6 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from goracs.models.encoding import collate_left, encode_prompt
+from goracs.models.kv_cache import cache_keyword
+from goracs.models.lm_head import final_hidden_states
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +42,33 @@ def generate(model, tokenizer, prompts: Sequence[str], *, num_beams: int, max_ne
     for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch", leave=False):
         enc = [encode_prompt(tokenizer, p, cutoff_len=cutoff_len) for p in prompts[start:start + batch_size]]
         batch = {k: v.to(device) for k, v in collate_left(enc, pad).items()}
-        out = model.generate(**batch, num_beams=num_beams, num_return_sequences=1, do_sample=False,
+        extra = _shared_prefill(model, batch, num_beams) if num_beams > 1 else {}
+        out = model.generate(**batch, **extra, num_beams=num_beams, num_return_sequences=1, do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
         # Left padding: every prompt ends at the same column, so the continuation starts there.
         new = out[:, batch["input_ids"].shape[1]:]
         texts.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
     return texts
+
+
+def _shared_prefill(model, batch: dict[str, torch.Tensor], num_beams: int) -> dict:
+    """A KV cache of every prompt token but the last, computed once per prompt and repeated per beam.
+
+    Beam search otherwise copies each prompt ``num_beams`` times before its first forward, so the prompt (most of
+    the tokens) would be processed once per beam. Positions are the ones ``generate`` derives from the attention
+    mask (``cumsum − 1``, 0 on padding), so the continuation sees exactly what a plain ``generate`` computes;
+    ``generate`` then runs the last prompt token itself and goes on from the cache.
+    """
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if ids.shape[1] < 2:
+        return {}
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    keyword = cache_keyword(model)
+    out = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True,
+                logits_to_keep=1)
+    cache = getattr(out, keyword)
+    cache.batch_repeat_interleave(num_beams)
+    return {keyword: cache}
 
 
 def clean_text(text: str) -> str:
@@ -57,24 +80,27 @@ def clean_text(text: str) -> str:
 def embed_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int, desc: str = "embedding") -> torch.Tensor:
     """(N, H) float32 CPU tensor: the base model's last-layer hidden state at each text's last token.
 
+    Texts are batched in order of length (results come back in input order), so batches carry little padding.
+
     The LoRA adapter is switched off (``disable_adapter``) when ``model`` has one: grounding uses the base model.
     """
     device = next(model.parameters()).device
     pad = _pad_id(tokenizer)
-    no_adapter = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-    chunks = []
-    with no_adapter:
-        for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=False):
-            enc = []
-            for t in texts[start:start + batch_size]:
-                ids = tokenizer(t, add_special_tokens=True)["input_ids"] or [pad]  # an empty text still gets a token
-                enc.append({"input_ids": ids, "attention_mask": [1] * len(ids)})
-            batch = {k: v.to(device) for k, v in collate_left(enc, pad).items()}
-            out = model(**batch, output_hidden_states=True, logits_to_keep=1)
-            chunks.append(out.hidden_states[-1][:, -1, :].float().cpu())
-    if not chunks:
+    if not texts:
         return torch.empty(0, model.config.hidden_size)
-    return torch.cat(chunks)
+    # One tokenizer call for all texts; an empty text still gets a token.
+    ids = [t or [pad] for t in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+    order = np.argsort([len(t) for t in ids], kind="stable")  # similar lengths share a batch: little padding
+    out_rows = torch.empty(len(ids), model.config.hidden_size)
+    no_adapter = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    with no_adapter:
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+            idx = order[start:start + batch_size]
+            enc = [{"input_ids": ids[i], "attention_mask": [1] * len(ids[i])} for i in idx]
+            batch = {k: v.to(device) for k, v in collate_left(enc, pad).items()}
+            hidden = final_hidden_states(model, **batch)
+            out_rows[torch.from_numpy(idx)] = hidden[:, -1, :].float().cpu()
+    return out_rows
 
 
 def catalogue_positions(pred: torch.Tensor, items: torch.Tensor) -> np.ndarray:

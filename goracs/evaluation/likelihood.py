@@ -6,7 +6,8 @@
   One forward per sample (batched, sorted by length to save padding; results come back in input order).
 * ``candidate_scores``: for one *inference* prompt and candidate responses ``r_c = '"Title"' + EOS``, the mean
   log-probability ``s_c = (1/|r_c|) Σ_t log p(r_c,t | prompt, r_c,<t)``. The prompt is run once and its KV cache
-  is shared by every candidate (candidates batched on it, right-padded); never one full forward per candidate.
+  is shared by every candidate (candidates laid end to end after it under a block mask); never one full forward
+  per candidate.
 * ``likelihood_rank``: 0-based rank of the target among its negatives by those scores,
   ``#{negative ids n : s_n > s_target}`` (strictly greater; a negative whose title equals the target's is the target
   and does not count, as in grounding). Several targets: the best-ranked one counts.
@@ -19,7 +20,6 @@ response's opening quote are separate pre-tokens, so this equals tokenising the 
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from typing import Sequence
 
@@ -28,6 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from goracs.models.encoding import IGNORE, collate_left, encode_lm, encode_prompt, lm_loss_per_sample
+from goracs.models.lm_head import token_logprobs
+from goracs.models.kv_cache import cache_keyword
 
 
 @torch.no_grad()
@@ -61,36 +63,42 @@ def response_losses(model, tokenizer, prompts: Sequence[str], responses: Sequenc
 def candidate_scores(model, tokenizer, prompt: str, responses: Sequence[str], *, cutoff_len: int,
                      candidate_batch_size: int = 32) -> np.ndarray:
     """(C,) float64 mean log-probability of each response given ``prompt`` (module docstring), via one prompt
-    forward and its KV cache."""
+    forward and its KV cache.
+
+    The candidates of a chunk are laid end to end in a single row after the cached prompt, each with positions
+    continuing the prompt's and a block mask: a candidate token attends to the whole prompt and to the earlier tokens
+    of its own candidate only. That is exactly its own forward on the prompt, without copying the prompt's cache once
+    per candidate (the cost of a batched layout) or padding candidates to a common length.
+    """
     if candidate_batch_size < 1:
         raise ValueError(f"eval.candidate_batch_size={candidate_batch_size}: expected >= 1")
     device = next(model.parameters()).device
     prompt_ids = torch.tensor([encode_prompt(tokenizer, prompt, cutoff_len=cutoff_len)["input_ids"]], device=device)
     out = model(input_ids=prompt_ids, use_cache=True, logits_to_keep=1)
-    cache_kw = _cache_keyword(model)
+    cache_kw = cache_keyword(model)
     cache, first = getattr(out, cache_kw), torch.log_softmax(out.logits[0, -1].float(), dim=-1)
     n_prompt = prompt_ids.shape[1]
+    dtype = model.get_input_embeddings().weight.dtype
     tokens = [candidate_tokens(tokenizer, r) for r in responses]
     scores = np.empty(len(tokens))
     for start in range(0, len(tokens), candidate_batch_size):
         chunk = tokens[start:start + candidate_batch_size]
-        width = max(len(t) for t in chunk)
-        ids = torch.full((len(chunk), width), _pad_id(tokenizer), dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for j, t in enumerate(chunk):
-            ids[j, :len(t)] = torch.tensor(t)
-            mask[j, :len(t)] = True
-        ids, mask = ids.to(device), mask.to(device)
-        shared = copy.deepcopy(cache)  # the forward appends to the cache: each chunk starts from the prompt's
-        shared.batch_repeat_interleave(len(chunk))
-        # Right padding: a pad only follows a candidate's tokens, so causal attention never lets it change them.
-        attention = torch.ones((len(chunk), n_prompt + width), dtype=torch.long, device=device)
-        logits = model(input_ids=ids, attention_mask=attention, use_cache=True, **{cache_kw: shared}).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # position t predicts candidate token t + 1
-        token_lp = torch.cat([first[ids[:, 0]].unsqueeze(1),
-                              logp.gather(2, ids[:, 1:].unsqueeze(2)).squeeze(2)], dim=1)
-        total = (token_lp * mask).sum(dim=1) / mask.sum(dim=1)
-        scores[start:start + len(chunk)] = total.double().cpu().numpy()
+        lengths = torch.tensor([len(t) for t in chunk], device=device)
+        flat = torch.tensor([t for c in chunk for t in c], device=device)
+        owner = torch.repeat_interleave(torch.arange(len(chunk), device=device), lengths)
+        offset = torch.arange(len(flat), device=device) - (torch.cumsum(lengths, 0) - lengths)[owner]
+        own = (owner[:, None] == owner[None, :]) & (offset[None, :] <= offset[:, None])
+        allowed = torch.cat([torch.ones((len(flat), n_prompt), dtype=torch.bool, device=device), own], dim=1)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
+        # Position j predicts token j + 1 of the same candidate; a candidate's first token comes from the prompt.
+        inner = torch.nonzero(offset[1:] > 0).squeeze(1)
+        logp = token_logprobs(model, torch.zeros_like(inner), inner, flat[inner + 1], input_ids=flat[None],
+                              attention_mask=mask[None, None], position_ids=(n_prompt + offset)[None],
+                              use_cache=True, **{cache_kw: copy.deepcopy(cache)})  # a copy: the forward appends
+        token_lp = first[flat].float()
+        token_lp[inner + 1] = logp
+        total = torch.zeros(len(chunk), dtype=torch.float64, device=device).index_add_(0, owner, token_lp.double())
+        scores[start:start + len(chunk)] = (total / lengths).cpu().numpy()
     return scores
 
 
@@ -105,12 +113,6 @@ def likelihood_rank(target_scores: Sequence[float], negative_scores: Sequence[fl
     negatives that share a target's title)."""
     best = max(target_scores)
     return int(np.sum(np.asarray(negative_scores, dtype=np.float64) > best))
-
-
-def _cache_keyword(model) -> str:
-    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier 5.x): the KV-cache argument and output name."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
 def _pad_id(tokenizer) -> int:
