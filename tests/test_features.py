@@ -323,3 +323,19 @@ def test_seeded_repeats_for_averaged_grand(tmp_path):
     picked = grand.select(Pool(size=len(samples.train), features=store), k, seed=0).indices
     expected = np.sort(np.argsort(-(plain + r1) / 2, kind="stable")[:k])
     np.testing.assert_array_equal(picked, expected)
+
+
+def test_feature_dtype_option_casts_the_model_and_joins_the_key(tmp_path):
+    samples = make_samples("seqrec")
+    plain = _store(samples, tmp_path, CountingBackbone())
+    half = _store(samples, tmp_path, CountingBackbone(), dtype="bfloat16")
+    assert half.key("grad_norm", "train") != plain.key("grad_norm", "train")
+    assert half.key("text_emb", "train") == plain.key("text_emb", "train")  # minilm does not use the backbone
+    explicit = _store(samples, tmp_path, CountingBackbone(), dtype=None)
+    assert explicit.key("grad_norm", "train") == plain.key("grad_norm", "train")  # null keeps the old key
+    low, exact = half.get("grad_norm"), plain.get("grad_norm")
+    assert next(half._load()[0].parameters()).dtype == torch.bfloat16
+    np.testing.assert_allclose(low, exact, rtol=0.1)  # same quantity, bf16 rounding
+    assert not np.array_equal(low, exact)
+    with pytest.raises(ValueError, match="features.dtype='float8'"):
+        _store(samples, tmp_path, CountingBackbone(), dtype="float8")

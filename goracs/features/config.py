@@ -13,6 +13,7 @@ from typing import Any, Mapping
 ENCODERS = ("minilm", "roberta_base", "llm")
 PROJECTIONS = ("none", "countsketch", "gaussian")
 DEVICES = ("auto", "cpu", "cuda")
+DTYPES = (None, "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class FeatureConfig:
     proj_seed: int = 0  # seeds the projection
     device: str = "auto"  # auto | cpu | cuda
     num_processes: int = 1  # >1: Lightning predict over that many processes/devices
+    dtype: str | None = None  # weights of the model passes: None = the backbone's dtype | float32 | bfloat16
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any] | None) -> "FeatureConfig":
@@ -55,6 +57,8 @@ class FeatureConfig:
             raise bad("projection", f"one of {list(PROJECTIONS)}")
         if self.device not in DEVICES:
             raise bad("device", f"one of {list(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise bad("dtype", "null (the backbone's dtype), float32, bfloat16 or float16")
         for option in ("embed_batch_size", "batch_size", "cutoff_len", "proj_dim", "num_processes"):
             value = getattr(self, option)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -68,8 +72,11 @@ class FeatureConfig:
 
     def gradient_spec(self) -> dict:
         """Options that change the loss/gradient values (not batch size, device or process count)."""
-        return {"cutoff_len": self.cutoff_len, "grad_params": self.grad_params, "dropout": self.dropout,
+        spec = {"cutoff_len": self.cutoff_len, "grad_params": self.grad_params, "dropout": self.dropout,
                 "dropout_seed": self.dropout_seed if self.dropout else None, "lora_seed": self.lora_seed}
+        if self.dtype is not None:  # absent when null, so caches made before the option keep their keys
+            spec["dtype"] = self.dtype
+        return spec
 
     def projection_spec(self) -> dict:
         if self.projection == "none":
@@ -77,6 +84,6 @@ class FeatureConfig:
         return {"projection": self.projection, "proj_dim": self.proj_dim, "proj_seed": self.proj_seed}
 
     def embedding_spec(self) -> dict:
+        llm = {"cutoff_len": self.cutoff_len, **({"dtype": self.dtype} if self.dtype is not None else {})}
         return {"text_encoder": self.text_encoder, "encoder_path": self.encoder_path,
-                "embed_max_length": self.embed_max_length,
-                **({"cutoff_len": self.cutoff_len} if self.text_encoder == "llm" else {})}
+                "embed_max_length": self.embed_max_length, **(llm if self.text_encoder == "llm" else {})}

@@ -4,7 +4,8 @@ A batch function has ``collate(items) -> batch``, ``prepare(device)`` and ``__ca
 array}``; every item carries ``index`` (its row in the split) and every batch an ``index`` tensor, so results are put
 back in row order whatever the sharding. With ``num_processes > 1`` Lightning's ``ddp_spawn`` strategy starts that
 many processes (CPU, or one per CUDA device); its distributed sampler gives each a disjoint share (padded with
-repeats, which are dropped), each writes its rows to a file, and this process merges them. Per-sample results do
+repeats, which are dropped), each writes its rows to a file, and this process merges them. In one process the items
+are batched in order of length (less padding). Per-sample results do
 not depend on the batch they were computed in (see :mod:`goracs.features.gradients`), so 1 and N processes agree.
 """
 
@@ -49,11 +50,18 @@ def run_batches(fn: BatchFn, items: Sequence[Mapping], *, batch_size: int, devic
         parts = _lightning_predict(fn, items, batch_size=batch_size, device=dev, num_processes=num_processes)
     else:
         fn.prepare(dev)
+        # Batches of similar lengths carry little padding; the index puts rows back in order.
+        ordered = sorted(items, key=_size)
         parts = []
-        for start in tqdm(range(0, len(items), batch_size), desc=desc, unit="batch", leave=False):
-            batch = fn.collate(items[start:start + batch_size])
+        for start in tqdm(range(0, len(ordered), batch_size), desc=desc, unit="batch", leave=False):
+            batch = fn.collate(ordered[start:start + batch_size])
             parts.append({**fn(batch), "index": batch["index"].numpy()})
     return _merge(parts, len(items))
+
+
+def _size(item: Mapping) -> int:
+    """Length used to group items: tokens when already encoded, else characters of the text."""
+    return len(item["input_ids"]) if "input_ids" in item else len(item.get("text", ""))
 
 
 def _merge(parts: list[dict[str, np.ndarray]], n: int) -> dict[str, np.ndarray]:

@@ -69,7 +69,8 @@ class RecDataModule(pl.LightningDataModule):
         # Tokenising a few thousand short prompts takes well under a second; redo it in every (spawned) process.
         if not self.train_set:
             self.train_set = self.encode(self.train_frame)
-            self.valid_set = self.encode(self.valid_frame)
+            # Validation batches by length (less padding): val/loss is a per-sample mean, so the order is free.
+            self.valid_set = sorted(self.encode(self.valid_frame), key=lambda e: len(e["input_ids"]))
             lengths = [len(e["input_ids"]) for e in self.train_set]
             log.info("tokenised %d train / %d valid samples (%s); train length mean %.0f, max %d tokens",
                      len(self.train_set), len(self.valid_set), self.task, sum(lengths) / len(lengths), max(lengths))

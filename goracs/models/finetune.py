@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import lightning.pytorch as pl
 import pandas as pd
@@ -53,10 +53,12 @@ class FitResult:
 
 
 def fine_tune(model: torch.nn.Module, tokenizer, train: pd.DataFrame, valid: pd.DataFrame, *, task: str,
-              faithful: bool, trainer: Mapping[str, Any], logger=None, out_dir: Path, seed: int) -> FitResult:
+              faithful: bool, trainer: Mapping[str, Any], logger=None, out_dir: Path, seed: int,
+              callbacks: Sequence[Callback] = ()) -> FitResult:
     """Fine-tune the trainable (LoRA) parameters of ``model`` on ``train``; restore the best adapter into ``model``.
 
-    ``logger``: a Lightning logger, a list of them, or None (no logging). Checkpoints go to ``out_dir/checkpoints``.
+    ``logger``: a Lightning logger, a list of them, or None (no logging). ``callbacks``: extra Lightning callbacks
+    (e.g. timers), added to ours. Checkpoints go to ``out_dir/checkpoints``.
     The model ends on the CPU or the device Lightning leaves it on; the caller moves it for evaluation.
     """
     opts = _check_trainer(trainer)
@@ -74,14 +76,14 @@ def fine_tune(model: torch.nn.Module, tokenizer, train: pd.DataFrame, valid: pd.
         dirpath=out_dir / "checkpoints", filename="adapter-best" if validate else "adapter-final",
         monitor="val/loss" if validate else None, mode="min", save_top_k=1, save_weights_only=True,
         enable_version_counter=False)
-    callbacks: list[Callback] = [checkpoint, _FitTracker()]
+    own: list[Callback] = [checkpoint, _FitTracker(), *callbacks]
     if validate:
-        callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=int(opts["patience"])))
+        own.append(EarlyStopping(monitor="val/loss", mode="min", patience=int(opts["patience"])))
     node = dict(opts["lightning"])
     if node.get("enable_progress_bar", True):
-        callbacks.append(TQDMProgressBar())
+        own.append(TQDMProgressBar())
     extra: dict[str, Any] = {"limit_val_batches": 0, "num_sanity_val_steps": 0} if not validate else {}
-    pl_trainer = instantiate(node, logger=logger if logger is not None else False, callbacks=callbacks,
+    pl_trainer = instantiate(node, logger=logger if logger is not None else False, callbacks=own,
                              default_root_dir=str(out_dir), enable_checkpointing=True, **extra)
 
     log.info("fine-tuning on %d samples (%d valid), task %s, %s", len(train), len(valid), task,
