@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from goracs.models.encoding import collate_left, encode_prompt, prompt_text
+from goracs.models.lm_head import final_hidden_states
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +131,9 @@ class LastTokenEncoder:
     @torch.no_grad()
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
         mask = batch["attention_mask"].to(self.device)
-        out = self.model(input_ids=batch["input_ids"].to(self.device), attention_mask=mask,
-                         position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0), output_hidden_states=True,
-                         use_cache=False, logits_to_keep=1)
-        return {"text_emb": out.hidden_states[-1][:, -1, :].float().cpu().numpy()}
+        hidden = final_hidden_states(self.model, input_ids=batch["input_ids"].to(self.device), attention_mask=mask,
+                                     position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0), use_cache=False)
+        return {"text_emb": hidden[:, -1, :].float().cpu().numpy()}
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
