@@ -27,46 +27,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-
-from goracs.data import prepare_samples
+from bench_common import add_common_args, load_model, load_samples, setup, sync
 from goracs.data.instructions import seqrec_response
 from goracs.evaluation.likelihood import candidate_scores, candidate_tokens
-from goracs.models.encoding import collate_left, encode_prompt, prompt_text, tokenizer_corpus
-from goracs.models.lora import attach_lora
+from goracs.models.encoding import collate_left, encode_prompt, prompt_text
 
 log = logging.getLogger("bench_eval")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=5, help="test rows scored (100 candidates each)")
-    p.add_argument("--model", default="smollm2", help="conf/model option (smollm2 | tiny_llama)")
     p.add_argument("--candidate-batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--override", action="append", default=[],
-                   help="extra Hydra override, repeatable (e.g. model.backbone.dtype=float32)")
-    p.add_argument("--json-out", default=None)
+    add_common_args(p)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if args.device == "auto" else args.device)
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={args.model}", f"paths.root={REPO}",
-                                           f"paths.cache_dir={REPO / 'outputs' / 'cache'}",
-                                           f"paths.shared_data={REPO.parent / 'shared' / 'data'}",
-                                           *args.override])
-    plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
-    samples = prepare_samples(plain(cfg.data), plain(cfg.task), int(cfg.data_seed), Path(cfg.paths.cache_dir))
-    model, tok = instantiate(cfg.model.backbone).load(tokenizer_corpus(samples))
-    model = attach_lora(model, instantiate(cfg.model.lora), None, seed=0).to(device).eval()
+    cfg, device = setup(args)
+    samples = load_samples(cfg)
+    model, tok = load_model(cfg, samples, device)
     title = dict(zip(samples.items["item"].astype(str), samples.items["title"].astype(str)))
     rows = samples.test.to_dict("records")[:args.rows]
 
@@ -75,17 +53,17 @@ def main() -> None:
     for row in rows:
         prompt = prompt_text(row, "seqrec", purpose="infer")
         responses = [seqrec_response(title[str(i)]) for i in [row["item"], *row["negatives"]]]
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fast = candidate_scores(model, tok, prompt, responses, cutoff_len=512,
                                 candidate_batch_size=args.candidate_batch_size)
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         slow = brute_force(model, tok, prompt, responses, args.candidate_batch_size)
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         candidates_only(model, tok, responses, args.candidate_batch_size)
-        _sync(device)
+        sync(device)
         t3 = time.perf_counter()
         cached_s, brute_s, floor_s = cached_s + t1 - t0, brute_s + t2 - t1, floor_s + t3 - t2
         n_candidates += len(responses)
@@ -134,11 +112,6 @@ def candidates_only(model, tok, responses: list[str], batch_size: int) -> None:
                for r in responses[start:start + batch_size]]
         batch = {k: v.to(device) for k, v in collate_left(enc, pad).items()}
         model(**batch)
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":
