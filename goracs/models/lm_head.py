@@ -19,7 +19,7 @@ The same pass gives each token's EL2N error norm ``e_t = ‖softmax(z_t) − e_{
 (used by :mod:`goracs.features.losses`).
 
 Only models whose forward is ``logits = lm_head(decoder(...))`` take this path (:func:`split_head`: Llama, Mistral,
-Qwen2/3 with a bias-free, frozen head); any other model falls back to the full logits.
+Qwen2/3 with a bias-free, frozen head, not sharded by FSDP); any other model falls back to the full logits.
 """
 
 from __future__ import annotations
@@ -124,10 +124,17 @@ def split_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
     config = getattr(base, "config", None)
     if getattr(config, "model_type", None) not in PLAIN_HEAD_TYPES or not hasattr(base, "get_decoder"):
         return None
+    if _sharded(base):  # FSDP gathers the root's parameters (head included) only inside its own forward
+        return None
     head = base.get_output_embeddings()
     if not isinstance(head, nn.Linear) or head.bias is not None or head.weight.requires_grad:
         return None
     return base.get_decoder(), head
+
+
+def _sharded(module: nn.Module) -> bool:
+    return any(type(m).__name__ in ("FullyShardedDataParallel", "FSDPModule") or type(m).__name__.startswith("FSDP")
+               for m in module.modules())
 
 
 def _counted(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
