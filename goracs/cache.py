@@ -3,7 +3,8 @@
 A key is the SHA-256 of a canonical JSON of the config subtree that determines the artefact, so a change of an
 unrelated option (budget, selection method) never invalidates it. Files are written to a temporary name in the
 same folder and renamed into place (atomic on POSIX), with a sidecar ``.json`` manifest written last: an entry
-without its manifest, or whose manifest disagrees with the data file's size, is treated as missing.
+without its manifest, or whose manifest disagrees with the data file's size, is treated as missing. ``lock`` serialises
+the computation of one entry across processes (parallel sweep jobs on a cold cache compute it once).
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ class DiskCache:
             manifest.unlink(missing_ok=True)
             return None
         return data
+
+    def lock(self, kind: str, key: str, timeout: float = -1):
+        """Inter-process lock for computing entry ``key`` (a ``filelock.FileLock`` on ``<kind>/<key>.lock``): take it
+        on a cache miss, look the entry up again, and compute only if it is still missing."""
+        from filelock import FileLock
+
+        path = self.root / kind / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(path), timeout=timeout)
 
     def store(self, kind: str, key: str, suffix: str, write: Callable[[Path], None], spec: Any = None) -> Path:
         """Write an entry atomically (data first, manifest last) and return its path."""

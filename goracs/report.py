@@ -35,6 +35,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from goracs.errors import InputNotFound
 from goracs.report_intervals import attach_intervals, paired_bootstrap
 from goracs.report_plots import TIME_METRICS, write_plots
 from goracs.report_tables import (BUDGETLESS_METHODS, FULL_COLUMN, GAP, METHOD_ORDER, Cell, IncompleteTableError,
@@ -113,10 +114,10 @@ def collect(sweep_dirs: Sequence[Path]) -> pd.DataFrame:
     paths: list[Path] = []
     for folder in map(Path, sweep_dirs):
         if not folder.is_dir():
-            raise FileNotFoundError(f"sweep dir {folder} does not exist or is not a folder")
+            raise InputNotFound(f"sweep dir {folder} does not exist or is not a folder")
         paths += sorted(folder.rglob("metrics.json"))
     if not paths:
-        raise FileNotFoundError(f"no metrics.json under {', '.join(map(str, sweep_dirs))}")
+        raise InputNotFound(f"no metrics.json under {', '.join(map(str, sweep_dirs))}")
     records = [_read_record(path) for path in dict.fromkeys(p.resolve() for p in paths)]
     return _typed(pd.DataFrame.from_records(records))
 

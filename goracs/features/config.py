@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from goracs.errors import ConfigError
+
 ENCODERS = ("minilm", "roberta_base", "llm")
 PROJECTIONS = ("none", "countsketch", "gaussian")
 DEVICES = ("auto", "cpu", "cuda")
@@ -41,15 +43,15 @@ class FeatureConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown:
-            raise ValueError(f"features config: unknown option(s) {unknown}; expected a subset of {sorted(known)} "
+            raise ConfigError(f"features config: unknown option(s) {unknown}; expected a subset of {sorted(known)} "
                              "(see conf/features/default.yaml)")
         cfg = cls(**config)
         cfg._check()
         return cfg
 
     def _check(self) -> None:
-        def bad(option: str, expected: str) -> ValueError:
-            return ValueError(f"features.{option}={getattr(self, option)!r}: expected {expected}")
+        def bad(option: str, expected: str) -> ConfigError:
+            return ConfigError(f"features.{option}={getattr(self, option)!r}: expected {expected}")
 
         if self.text_encoder not in ENCODERS:
             raise bad("text_encoder", f"one of {list(ENCODERS)}")
@@ -77,6 +79,11 @@ class FeatureConfig:
         if self.dtype is not None:  # absent when null, so caches made before the option keep their keys
             spec["dtype"] = self.dtype
         return spec
+
+    def value_spec(self) -> dict:
+        """Every option that changes some feature's values: what a cache of anything computed from the features
+        (a selection) must key on. Batch sizes, device and process count are left out."""
+        return {**self.embedding_spec(), **self.gradient_spec(), **self.projection_spec()}
 
     def projection_spec(self) -> dict:
         if self.projection == "none":

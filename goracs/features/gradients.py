@@ -13,8 +13,8 @@ carries the mask. Only the chosen parameters require grad, so autograd records n
 
 Dropout (``features.dropout``, the official code runs with it on): the model runs in eval mode and a forward hook on
 each relevant ``lora_dropout`` module applies a Bernoulli mask drawn from a generator seeded by
-``(dropout_seed, sample index, module number)`` over that sample's real tokens. Masks therefore do not depend on the
-batch composition, the padding or the process count (they do differ between CPU and CUDA generators). Modules whose
+``(dropout_seed, sample index, module number)`` over that sample's real tokens, drawn on the CPU and moved to the
+model's device. Masks therefore do not depend on the batch composition, the padding, the process count or the device. Modules whose
 ``lora_B`` is zero (a fresh adapter) contribute nothing to the output, so only the chosen modules' dropout is applied.
 """
 
@@ -192,8 +192,9 @@ class GradientExtractor:
             width = x.shape[1]
             for b, (n, idx) in enumerate(zip(self._lengths, self._index)):
                 seed = int(np.random.SeedSequence([self.dropout_seed, idx, number]).generate_state(1)[0])
-                gen = torch.Generator(device=x.device).manual_seed(seed)
-                keep = torch.rand((n, x.shape[-1]), generator=gen, device=x.device) >= p
-                mask[b, width - n:] = keep.to(x.dtype) / (1.0 - p)
+                # Drawn on the CPU and moved: CUDA generators give other numbers, and the key has no device.
+                gen = torch.Generator().manual_seed(seed)
+                keep = torch.rand((n, x.shape[-1]), generator=gen) >= p
+                mask[b, width - n:] = keep.to(device=x.device, dtype=x.dtype) / (1.0 - p)
             return x * mask  # eval mode: the module itself returned x unchanged
         return hook

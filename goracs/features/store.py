@@ -16,10 +16,12 @@ user       (n,) str     the samples' ``user`` column (not cached)
 
 Cache: ``<cache_dir>/features/<key>.npy`` via :class:`goracs.cache.DiskCache` (atomic, manifest-checked; a truncated
 or corrupt file is dropped and recomputed). The key hashes the split's samples (instruction, input, output, label),
-the task and prompt mode, and the options that change the values: for model features the backbone ``spec()``, the
-LoRA config, ``lora_init`` (path and adapter file sizes/mtimes) and :meth:`FeatureConfig.gradient_spec` (plus the
-projection for ``grad_proj``); for ``text_emb`` only the encoder options, unless the encoder is the ``llm``. Batch
-sizes, device and process count are not in the key: they do not change the values.
+the task and prompt mode, and the options that change the values: for model features the model fingerprint
+(:mod:`goracs.models.fingerprint`: backbone spec, LoRA config, content hash of ``lora_init``) and
+:meth:`FeatureConfig.gradient_spec` (plus the projection for ``grad_proj``); for ``text_emb`` only the encoder
+options, unless the encoder is the ``llm``. Batch sizes, device and process count are not in the key: they do not
+change the values (dropout masks are drawn on the CPU, so CUDA and CPU draw the same ones). A cache miss is computed
+under a file lock, so parallel jobs compute a feature once.
 
 One gradient pass yields ``loss``, ``el2n``, ``grad_norm`` (and ``grad_proj`` when asked for), so the first request
 of any of them computes and caches those still missing. The backbone is loaded lazily, once per store.
@@ -44,12 +46,12 @@ from goracs.features.projection import make_projection
 from goracs.features.sharded import run_batches
 from goracs.features.text_embedding import LastTokenEncoder, embedding_texts, sentence_encoder
 from goracs.models.encoding import answer_token_ids, tokenizer_corpus
+from goracs.models.fingerprint import model_fingerprint
 
 log = logging.getLogger(__name__)
 
 FEATURES = ("text_emb",) + GRADIENT_FEATURES + ("label", "user")
 SPLITS = ("train", "valid")
-_LORA_KEYS_IGNORED = ("peft_version", "inference_mode", "base_model_name_or_path", "revision")
 
 
 class FeatureStore:
@@ -77,6 +79,7 @@ class FeatureStore:
         self._digests: dict[str, str] = {}
         self._model = self._tokenizer = None
         self._repeat = 0
+        self._fingerprint: dict | None = None
 
     def get(self, name: str, split: str = "train") -> np.ndarray:
         if split not in SPLITS:
@@ -113,6 +116,11 @@ class FeatureStore:
         return spec
 
     @property
+    def fingerprint(self) -> dict:
+        """The model fingerprint (:mod:`goracs.models.fingerprint`) the model features are keyed by."""
+        return self._model_spec()["model"]
+
+    @property
     def model_loaded(self) -> bool:
         return self._model is not None
 
@@ -127,6 +135,14 @@ class FeatureStore:
         cached = self._read(name, split)
         if cached is not None:
             return cached
+        # Another process may be computing the same feature (parallel jobs on a cold cache): wait for it, then read.
+        with self.cache.lock("features", self.key(name, split)):
+            cached = self._read(name, split)
+            if cached is not None:
+                return cached
+            return self._compute(name, split)
+
+    def _compute(self, name: str, split: str) -> np.ndarray:
         base, repeat = split_repeat(name)
         if name == "text_emb":
             results = {"text_emb": self._embed(split)}
@@ -226,8 +242,9 @@ class FeatureStore:
         return self._digests[split]
 
     def _model_spec(self) -> dict:
-        return {"backbone": self.backbone.spec(), "lora": lora_spec(self.lora), "lora_init": adapter_identity(
-            self.lora_init)}
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.backbone, self.lora, self.lora_init)
+        return {"model": self._fingerprint}
 
 
 def split_repeat(name: str) -> tuple[str, int]:
@@ -238,31 +255,3 @@ def split_repeat(name: str) -> tuple[str, int]:
     if not rep.isdigit():
         raise KeyError(f"feature {name!r}: the repeat after '@' must be a non-negative integer")
     return base, int(rep)
-
-
-def lora_spec(lora: Any) -> Any:
-    """JSON-stable view of a LoRA config (sets sorted; version and bookkeeping fields dropped)."""
-    d = lora.to_dict() if hasattr(lora, "to_dict") else dict(lora)
-    return _stable({k: v for k, v in d.items() if k not in _LORA_KEYS_IGNORED})
-
-
-def adapter_identity(lora_init: str | None) -> Any:
-    """``lora_init`` plus the sizes and mtimes of its adapter files, so a replaced adapter gives a new key."""
-    if not lora_init:
-        return None
-    folder = Path(lora_init).expanduser()
-    files = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.glob("adapter_model.*"))} \
-        if folder.is_dir() else {}
-    return {"path": str(folder.resolve()) if folder.exists() else lora_init, "files": files}
-
-
-def _stable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _stable(v) for k, v in x.items()}
-    if isinstance(x, (set, frozenset)):
-        return sorted(_stable(v) for v in x)
-    if isinstance(x, (list, tuple)):
-        return [_stable(v) for v in x]
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)

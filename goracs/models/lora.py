@@ -14,6 +14,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from transformers import PreTrainedModel
 
+from goracs.errors import InputNotFound
+
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +52,7 @@ def attach_lora(model: PreTrainedModel, lora: LoraConfig, lora_init: str | None 
 def _read_adapter(path: str) -> dict[str, torch.Tensor]:
     folder = Path(path).expanduser()
     if not folder.exists():
-        raise FileNotFoundError(
+        raise InputNotFound(
             f"lora_init={path!r}: no such folder; expected a PEFT adapter folder with adapter_model.safetensors "
             "or adapter_model.bin")
     st, bn = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
@@ -60,7 +62,7 @@ def _read_adapter(path: str) -> dict[str, torch.Tensor]:
         return load_file(str(st))
     if bn.exists():
         return torch.load(bn, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"lora_init={path!r}: neither adapter_model.safetensors nor adapter_model.bin found there")
+    raise InputNotFound(f"lora_init={path!r}: neither adapter_model.safetensors nor adapter_model.bin found there")
 
 
 def _canonical(key: str) -> str:
