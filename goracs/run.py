@@ -263,8 +263,9 @@ def _fine_tune_and_evaluate(samples, indices: np.ndarray, cfg: DictConfig, logge
         train = samples.train.iloc[order].reset_index(drop=True)
         fit = fine_tune(model, tokenizer, train, samples.valid, task=cfg.task.name,
                         faithful=bool(cfg.task.faithful_prompts), trainer=_plain(cfg.trainer), logger=loggers or None,
-                        out_dir=out_dir, seed=int(cfg.seed))
-        timings = {"train/best_val_loss": fit.best_val_loss, "train/epochs": fit.epochs, "train/steps": fit.steps}
+                        out_dir=out_dir, seed=int(cfg.seed), resume=bool(cfg.resume))  # a killed job resumes
+        timings = {"train/best_val_loss": fit.best_val_loss, "train/epochs": fit.epochs, "train/steps": fit.steps,
+                   "train/resumed": fit.resumed_from is not None}
         if _sharded(cfg) and fit.ckpt is not None:
             # FSDP wrapped the decoder layers in place: evaluate a fresh model carrying the best adapter.
             model = _fresh_with_adapter(backbone, samples, cfg, fit.ckpt)

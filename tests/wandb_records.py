@@ -27,8 +27,9 @@ def records(path: Path):
             pos += left
             continue
         _, length, kind = HEADER.unpack_from(data, pos)
-        if kind == 0 and length == 0:
-            break
+        if kind == 0 and length == 0:  # zero padding up to the block's end (the writer pads when it flushes)
+            pos += left
+            continue
         chunk = data[pos + HEADER.size: pos + HEADER.size + length]
         pos += HEADER.size + length
         pending = chunk if kind in (1, 2) else pending + chunk

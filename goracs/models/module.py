@@ -11,7 +11,12 @@ Losses (per-sample definitions in :mod:`goracs.models.encoding`):
 Optimiser: AdamW on the trainable (LoRA) parameters only, learning rate warmed up linearly over ``warmup_steps``
 optimiser steps then decayed linearly to 0 at the last step (the HF ``linear`` schedule the official code uses).
 
-Checkpoints keep only the trainable parameters (a few MB), never the frozen base (540 MB for SmolLM2).
+Checkpoints keep only the trainable parameters (a few MB), never the frozen base (540 MB for SmolLM2): every
+checkpoint's ``state_dict`` (the weights-only best adapter as well as the resumable ``last.ckpt`` of
+:func:`goracs.models.finetune.fine_tune`) holds exactly the trainable tensors. Restoring one (``trainer.fit(...,
+ckpt_path=...)``) therefore loads a *partial* state dict (``strict_loading = False``) into a module whose frozen base
+was built afresh, after :meth:`LoraRecModule.check_trainable` has checked that every trainable tensor is there with
+its shape and nothing else is (a checkpoint of another model or adapter fails loudly).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import lightning.pytorch as pl
 import torch
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
+from goracs.errors import ConfigError
 from goracs.models.encoding import ctr_loss_per_sample
 from goracs.models.lm_head import lm_losses
 
@@ -52,6 +58,9 @@ class LoraRecModule(pl.LightningModule):
         self.answer_ids = answer_ids
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("the model has no trainable parameters: attach a LoRA adapter before fine-tuning")
+        # Checkpoints hold the adapter only (on_save_checkpoint): Lightning must not ask them for the frozen base.
+        # on_load_checkpoint checks instead that they hold exactly the trainable tensors.
+        self.strict_loading = False
 
     def per_sample_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B,) task loss of each sample in ``batch`` (see the module docstring)."""
@@ -102,18 +111,41 @@ class LoraRecModule(pl.LightningModule):
         if "val/loss" in metrics:
             checkpoint["val_loss"] = float(metrics["val/loss"])
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Before Lightning loads a checkpoint's (partial) ``state_dict`` on resume: it must hold exactly our
+        trainable tensors (see :meth:`check_trainable`); the frozen base is the one this module was built with."""
+        try:
+            self.check_trainable(checkpoint.get("state_dict", {}))
+        except ValueError as e:
+            path = self.trainer.ckpt_path if self._trainer is not None else None
+            raise ConfigError(f"cannot resume from {path or 'the checkpoint'}: {e}. It was written by a different "
+                              "model or task: delete it or use a new output folder") from None
+
+    def check_trainable(self, state: dict[str, torch.Tensor]) -> None:
+        """Raise ``ValueError`` unless ``state`` (saved by :meth:`on_save_checkpoint`) holds every trainable tensor
+        of this module, with its shape, and no other tensor."""
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        params = {_clean(n): p for n, p in named}
+        state = {_clean(k): v for k, v in state.items()}
+        missing, unexpected = set(params) - set(state), set(state) - set(params)
+        # FSDP (use_orig_params) turns each parameter into a flat view of this rank's shard: no shape to compare.
+        sharded = any(_WRAPPER_PARTS[0] in n for n, _ in named)
+        reshaped = [] if sharded else sorted(f"{k} {tuple(state[k].shape)} vs {tuple(p.shape)}"
+                                             for k, p in params.items()
+                                             if k in state and tuple(state[k].shape) != tuple(p.shape))
+        if missing or unexpected or reshaped:
+            raise ValueError(f"checkpoint does not match the adapter: missing {sorted(missing)[:3]}, "
+                             f"unexpected {sorted(unexpected)[:3]}"
+                             + (f", shape (checkpoint vs model) {reshaped[:3]}" if reshaped else ""))
+
     def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
         """Copy adapter weights saved by :meth:`on_save_checkpoint` into the model; every trainable tensor must be
         present and no other tensor may appear (a checkpoint from another model or task fails loudly)."""
-        keep = self.trainable_names()
-        state = {_clean(k): v for k, v in state.items()}
-        missing, unexpected = keep - set(state), set(state) - keep
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not match the adapter: missing {sorted(missing)[:3]}, "
-                             f"unexpected {sorted(unexpected)[:3]}")
+        self.check_trainable(state)
         params = {_clean(n): p for n, p in self.named_parameters()}
         with torch.no_grad():
             for name, value in state.items():
+                name = _clean(name)
                 params[name].copy_(value.to(device=params[name].device, dtype=params[name].dtype))
 
 
