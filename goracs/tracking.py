@@ -44,17 +44,10 @@ def log_selection(loggers: list, stats: Mapping[str, Any], traces: Mapping[str, 
                   artifact: Path | None) -> None:
     """Selection statistics, per-step traces (the POO after greedy and after each exchange) and the indices file,
     logged as soon as the selection is done."""
-    scalars = {k: float(v) for k, v in stats.items() if isinstance(v, (int, float))}
-    for lg in loggers:
-        lg.log_metrics(scalars)
-        if type(lg).__name__ != "WandbLogger":
-            lg.save()
-            continue
-        run = lg.experiment
+    for run in _log_scalars(loggers, stats):
         for name, values in traces.items():
             for step, value in enumerate(values):
                 run.log({name: value, f"{name}_step": step})
-        run.summary.update(scalars)
         if artifact is not None and artifact.exists():
             import wandb
 
@@ -65,17 +58,28 @@ def log_selection(loggers: list, stats: Mapping[str, Any], traces: Mapping[str, 
 
 def log_results(loggers: list, metrics: Mapping[str, float]) -> None:
     """The job's final metrics: logged, in the W&B summary, and as a one-row summary table (``job/summary``)."""
-    values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    values = _scalars(metrics)
+    for run in _log_scalars(loggers, values):
+        import wandb
+
+        run.log({"job/summary": wandb.Table(columns=list(values), data=[list(values.values())])})
+
+
+def _scalars(values: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+
+
+def _log_scalars(loggers: list, values: Mapping[str, Any]) -> list:
+    """Log the numeric ``values`` in every logger (W&B: also in the run summary); return the W&B runs."""
+    scalars, runs = _scalars(values), []
     for lg in loggers:
-        lg.log_metrics(values)
+        lg.log_metrics(scalars)
         if type(lg).__name__ != "WandbLogger":
             lg.save()
             continue
-        import wandb
-
-        run = lg.experiment
-        run.summary.update(values)
-        run.log({"job/summary": wandb.Table(columns=list(values), data=[list(values.values())])})
+        lg.experiment.summary.update(scalars)
+        runs.append(lg.experiment)
+    return runs
 
 
 def finish(loggers: list, failed: bool = False) -> None:
