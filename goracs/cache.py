@@ -9,13 +9,14 @@ the computation of one entry across processes (parallel sweep jobs on a cold cac
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,18 @@ class DiskCache:
         path = self.root / kind / f"{key}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         return FileLock(str(path), timeout=timeout)
+
+    @contextlib.contextmanager
+    def claim(self, kind: str, key: str, suffix: str) -> Iterator[Path | None]:
+        """Yield the entry's path when it is there. Otherwise take the entry's :meth:`lock`, look again (another
+        process may have stored it meanwhile) and yield that, or None: the caller then computes and stores the entry
+        while holding the lock, so parallel jobs on a cold cache compute it once."""
+        hit = self.lookup(kind, key, suffix)
+        if hit is not None:
+            yield hit
+            return
+        with self.lock(kind, key):
+            yield self.lookup(kind, key, suffix)
 
     def store(self, kind: str, key: str, suffix: str, write: Callable[[Path], None], spec: Any = None) -> Path:
         """Write an entry atomically (data first, manifest last) and return its path."""

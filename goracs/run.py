@@ -193,20 +193,19 @@ def _select(selector, pool, cfg: DictConfig, method: str, out_dir: Path):
                 data_seed=int(cfg.data_seed), method=method)
     key = config_key(spec)
     cache = DiskCache(cfg.paths.cache_dir)
-    result = _cached_selection(cache, key)
-    if result is None:
-        with cache.lock("selections", key):  # parallel jobs with the same selection: one computes, the rest read
-            result = _cached_selection(cache, key)
-            if result is None:
-                result = _compute_selection(selector, pool, budget, int(cfg.seed))
-                meta = json.dumps({"stats": result.stats, "traces": result.traces}, default=float)
-                scores = result.scores if result.scores is not None else np.zeros(0)
+    with cache.claim("selections", key, "npz") as hit:  # parallel jobs with one selection: one computes, rest read
+        if hit is not None:
+            result = _read_selection(hit)
+        else:
+            result = _compute_selection(selector, pool, budget, int(cfg.seed))
+            meta = json.dumps({"stats": result.stats, "traces": result.traces}, default=float)
+            scores = result.scores if result.scores is not None else np.zeros(0)
 
-                def write(p: Path) -> None:
-                    with open(p, "wb") as f:
-                        np.savez(f, indices=result.indices, scores=scores, meta=np.array(meta))
+            def write(p: Path) -> None:
+                with open(p, "wb") as f:
+                    np.savez(f, indices=result.indices, scores=scores, meta=np.array(meta))
 
-                cache.store("selections", key, "npz", write, spec)
+            cache.store("selections", key, "npz", write, spec)
     indices_path = out_dir / "selected_indices.json"
     indices_path.write_text(json.dumps({"method": method, "budget": budget, "seed": int(cfg.seed),
                                         "indices": result.indices.tolist()}))
@@ -215,19 +214,16 @@ def _select(selector, pool, cfg: DictConfig, method: str, out_dir: Path):
     return result, indices_path
 
 
-def _cached_selection(cache, key: str):
+def _read_selection(path: Path):
     import json
 
     from goracs.selection import SelectionResult
 
-    hit = cache.lookup("selections", key, "npz")
-    if hit is None:
-        return None
-    with np.load(hit, allow_pickle=False) as z:
+    with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         result = SelectionResult(indices=z["indices"], scores=z["scores"] if z["scores"].size else None,
                                  stats=meta["stats"], traces=meta["traces"])
-    log.info("selection read from cache %s", hit)
+    log.info("selection read from cache %s", path)
     return result
 
 

@@ -207,22 +207,18 @@ def _title_embeddings(model, tokenizer, titles: list[str], batch_size: int,
     # The vocabulary joins the key: a tokenizer trained on the data (tiny_llama) changes the model with the data.
     vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode("utf-8")).hexdigest()
     key = config_key({"model": model_key, "vocab": vocab, "titles": digest})
-    hit = disk.lookup("item_embeddings", key, "npy")
-    if hit is None:
-        with disk.lock("item_embeddings", key):  # parallel jobs embed the catalogue once
-            hit = disk.lookup("item_embeddings", key, "npy")
-            if hit is None:
-                emb = embed_texts(model, tokenizer, titles, batch_size=batch_size, desc="embedding titles")
+    with disk.claim("item_embeddings", key, "npy") as hit:  # parallel jobs embed the catalogue once
+        if hit is not None:
+            log.info("title embeddings read from %s", hit)
+            return torch.from_numpy(np.load(hit, allow_pickle=False))
+        emb = embed_texts(model, tokenizer, titles, batch_size=batch_size, desc="embedding titles")
 
-                def write(p: Path) -> None:
-                    with open(p, "wb") as f:
-                        np.save(f, emb.float().cpu().numpy(), allow_pickle=False)
+        def write(p: Path) -> None:
+            with open(p, "wb") as f:
+                np.save(f, emb.float().cpu().numpy(), allow_pickle=False)
 
-                disk.store("item_embeddings", key, "npy", write,
-                           spec={"model": model_key, "titles": digest, "n": len(titles)})
-                return emb
-    log.info("title embeddings read from %s", hit)
-    return torch.from_numpy(np.load(hit, allow_pickle=False))
+        disk.store("item_embeddings", key, "npy", write, spec={"model": model_key, "titles": digest, "n": len(titles)})
+        return emb
 
 
 def _candidate_columns(rows: list[dict], items: pd.DataFrame) -> tuple[list[np.ndarray], list[np.ndarray]]:

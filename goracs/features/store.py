@@ -118,7 +118,9 @@ class FeatureStore:
     @property
     def fingerprint(self) -> dict:
         """The model fingerprint (:mod:`goracs.models.fingerprint`) the model features are keyed by."""
-        return self._model_spec()["model"]
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.backbone, self.lora, self.lora_init)
+        return self._fingerprint
 
     @property
     def model_loaded(self) -> bool:
@@ -132,14 +134,10 @@ class FeatureStore:
             return df["label"].to_numpy(dtype=np.int64)
         if name == "user":
             return df["user"].astype(str).to_numpy()
-        cached = self._read(name, split)
-        if cached is not None:
-            return cached
         # Another process may be computing the same feature (parallel jobs on a cold cache): wait for it, then read.
-        with self.cache.lock("features", self.key(name, split)):
-            cached = self._read(name, split)
-            if cached is not None:
-                return cached
+        with self.cache.claim("features", self.key(name, split), "npy") as hit:
+            if hit is not None:
+                return self._load_cached(name, split, hit)
             return self._compute(name, split)
 
     def _compute(self, name: str, split: str) -> np.ndarray:
@@ -213,8 +211,9 @@ class FeatureStore:
         if (name, split) in self._memo:
             return self._memo[(name, split)]
         path = self.cache.lookup("features", self.key(name, split), "npy")
-        if path is None:
-            return None
+        return None if path is None else self._load_cached(name, split, path)
+
+    def _load_cached(self, name: str, split: str, path: Path) -> np.ndarray:
         log.info("feature %s/%s read from %s", name, split, path)
         values = np.load(path, allow_pickle=False)
         self._memo[(name, split)] = values
@@ -242,9 +241,7 @@ class FeatureStore:
         return self._digests[split]
 
     def _model_spec(self) -> dict:
-        if self._fingerprint is None:
-            self._fingerprint = model_fingerprint(self.backbone, self.lora, self.lora_init)
-        return {"model": self._fingerprint}
+        return {"model": self.fingerprint}
 
 
 def split_repeat(name: str) -> tuple[str, int]:

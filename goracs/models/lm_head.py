@@ -108,11 +108,10 @@ def token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
 
 def final_hidden_states(model: nn.Module, **forward) -> torch.Tensor:
     """(B, T, H) hidden states after the final norm (what the head reads), from the decoder alone when the model has
-    one: asking the whole model for ``output_hidden_states`` keeps every layer's states alive (31 x B x T x H for
-    SmolLM2), which on a CPU costs a fresh allocation per batch."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
-    if decoder is not None and getattr(getattr(base, "config", None), "model_type", None) in PLAIN_HEAD_TYPES:
+    a plain one (:func:`split_head`'s conditions on the model): asking the whole model for ``output_hidden_states``
+    keeps every layer's states alive (31 x B x T x H for SmolLM2), which on a CPU costs a fresh allocation per batch."""
+    decoder = _plain_decoder(model)
+    if decoder is not None:
         return decoder(**forward).last_hidden_state
     return model(**forward, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
 
@@ -120,16 +119,28 @@ def final_hidden_states(model: nn.Module, **forward) -> torch.Tensor:
 def split_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
     """(decoder, head) of a causal LM (PEFT-wrapped or not) whose logits are ``head(decoder(...))`` with a frozen,
     bias-free linear head; None otherwise (the caller then uses the model's own logits)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(base, "config", None)
-    if getattr(config, "model_type", None) not in PLAIN_HEAD_TYPES or not hasattr(base, "get_decoder"):
+    decoder = _plain_decoder(model)
+    if decoder is None:
         return None
-    if _sharded(base):  # FSDP gathers the root's parameters (head included) only inside its own forward
-        return None
-    head = base.get_output_embeddings()
+    head = _base(model).get_output_embeddings()
     if not isinstance(head, nn.Linear) or head.bias is not None or head.weight.requires_grad:
         return None
-    return base.get_decoder(), head
+    return decoder, head
+
+
+def _base(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _plain_decoder(model: nn.Module) -> nn.Module | None:
+    """The decoder of a model on :data:`PLAIN_HEAD_TYPES` that FSDP does not shard (FSDP gathers the root's
+    parameters only inside its own forward, so the decoder cannot be called on its own); None otherwise."""
+    base = _base(model)
+    if getattr(getattr(base, "config", None), "model_type", None) not in PLAIN_HEAD_TYPES:
+        return None
+    if not hasattr(base, "get_decoder") or _sharded(base):
+        return None
+    return base.get_decoder()
 
 
 def _sharded(module: nn.Module) -> bool:
