@@ -89,7 +89,7 @@ def job(method: str, n: int, dim: int, n_valid: int, budget: int, queue) -> None
     logging.basicConfig(level=logging.WARNING)
     pool = Pool(size=n, features=synthetic_features(n, n_valid, dim, seed=0))
     selector = instantiate(OmegaConf.load(CONF / f"{method}.yaml"))
-    for name in ("text_emb", "grad_norm", "el2n", "loss"):  # touch everything so only selection work is measured
+    for name in ("text_emb", "grad_norm", "el2n", "loss", "influence"):  # touch everything so only selection work is measured
         pool.features.get(name)
     base = reset_peak_rss()
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -111,7 +111,8 @@ def synthetic_features(n: int, m: int, dim: int, seed: int):
 
     train = {"text_emb": embed(n), "grad_norm": rng.lognormal(-0.6, 0.3, n).astype(np.float32),
              "el2n": (np.sqrt(2) * rng.beta(2, 3, n)).astype(np.float32),
-             "loss": rng.gamma(2.0, 1.0, n).astype(np.float32)}
+             "loss": rng.gamma(2.0, 1.0, n).astype(np.float32),
+             "influence": rng.standard_normal(n).astype(np.float32)}  # DEALRec: signed, around 0
     return ArrayFeatures(train=train, valid={"text_emb": embed(m)})
 
 

@@ -20,7 +20,9 @@ def make_pool(labels: bool) -> Pool:
     emb = (centres[rng.integers(4, size=N)] + rng.normal(0, 1, (N, D))).astype(np.float32)
     valid = (centres[rng.integers(4, size=M)] + rng.normal(0, 1, (M, D))).astype(np.float32)
     train = {"text_emb": emb, "grad_norm": rng.gamma(2.0, 0.5, N), "el2n": rng.uniform(0, 1.4, N),
-             "loss": rng.gamma(2.0, 1.0, N)}
+             "loss": rng.gamma(2.0, 1.0, N),
+             # DEALRec's; its own stream, so the other features and the labels stay as they were
+             "influence": np.random.default_rng(7).normal(0, 1e-3, N)}
     features = ArrayFeatures(train=train, valid={"text_emb": valid})
     if not labels:
         return Pool(size=N, features=features)

@@ -7,15 +7,65 @@ into a frozen dataclass, rejecting unknown keys and bad values with a message th
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from goracs.errors import ConfigError
+from goracs.features.sequences import SEQUENCE_MODES
 
 ENCODERS = ("minilm", "roberta_base", "llm")
 PROJECTIONS = ("none", "countsketch", "gaussian")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = (None, "float32", "bfloat16", "float16")
+ACTIVATIONS = ("relu", "gelu")
+CHECKPOINTS = ("last", "best")
+
+
+@dataclass(frozen=True)
+class SurrogateConfig:
+    """``features.surrogate``: DEALRec's SASRec surrogate (feature ``influence``); defaults = official
+    ``code/prune/utils.py`` unless noted. Every option is a cache key of the surrogate and of ``influence``."""
+
+    hidden_size: int = 64  # embedding / hidden width
+    num_layers: int = 2  # transformer blocks
+    num_heads: int = 2  # attention heads
+    activation: str = "relu"  # relu (what modules.py hard-codes) | gelu (the unused --hidden_act default)
+    dropout: float = 0.5  # hidden and attention-probability dropout
+    max_len: int = 50  # positions (max_seq_length)
+    init_std: float = 0.02  # N(0, init_std^2) weight initialisation (initializer_range)
+    sequence: str = "history"  # history (official: train[:-1]) | history_and_target (history + [item])
+    epochs: int = 200  # training epochs (official 200)
+    batch_size: int = 500  # sequences per Adam step; also the batches of the influence vector v
+    lr: float = 1e-3  # Adam learning rate
+    weight_decay: float = 0.0  # Adam weight decay
+    checkpoint: str = "last"  # last (official behaviour, spec §4 quirk) | best (valid Recall@5 every eval_every)
+    eval_every: int = 5  # epochs between validations (checkpoint=best)
+    seed: int = 42  # init, batch order, training negatives and dropout (official --seed 42)
+
+    def spec(self) -> dict:
+        spec = dataclasses.asdict(self)
+        if self.checkpoint == "last":
+            spec.pop("eval_every")  # only picks the kept epoch under checkpoint=best
+        return spec
+
+
+@dataclass(frozen=True)
+class InfluenceConfig:
+    """``features.influence``: LiSSA and the per-sample influence (official ``influence_score.py``)."""
+
+    param: str = "item_encoder.layer.1.attention.dense.weight"  # the one matrix θ is restricted to
+    damping: float = 0.01  # d in h <- v + (1 - d) h - H h / s
+    scale: float = 25.0  # s
+    recursion_depth: int = 5000  # LiSSA steps
+    hvp_batch: int = 1  # samples per Hessian-vector product (official: one random sample)
+    repeats: int = 1  # independent LiSSA runs averaged (official --iteration)
+    seed: int = 0  # LiSSA sample draws and the fixed negatives of the influence loss
+    batch_size: int = 1024  # samples per per-sample-gradient batch (not a cache key)
+
+    def spec(self) -> dict:
+        spec = dataclasses.asdict(self)
+        spec.pop("batch_size")
+        return spec
 
 
 @dataclass(frozen=True)
@@ -36,6 +86,8 @@ class FeatureConfig:
     device: str = "auto"  # auto | cpu | cuda
     num_processes: int = 1  # >1: Lightning predict over that many processes/devices
     dtype: str | None = None  # weights of the model passes: None = the backbone's dtype | float32 | bfloat16
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)  # DEALRec SASRec (feature influence)
+    influence: InfluenceConfig = field(default_factory=InfluenceConfig)  # LiSSA options (feature influence)
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any] | None) -> "FeatureConfig":
@@ -45,8 +97,12 @@ class FeatureConfig:
         if unknown:
             raise ConfigError(f"features config: unknown option(s) {unknown}; expected a subset of {sorted(known)} "
                              "(see conf/features/default.yaml)")
+        for name, node_cls in (("surrogate", SurrogateConfig), ("influence", InfluenceConfig)):
+            config[name] = _node(node_cls, config.get(name), name)
         cfg = cls(**config)
         cfg._check()
+        _check_surrogate(cfg.surrogate)
+        _check_influence(cfg.influence)
         return cfg
 
     def _check(self) -> None:
@@ -83,7 +139,11 @@ class FeatureConfig:
     def value_spec(self) -> dict:
         """Every option that changes some feature's values: what a cache of anything computed from the features
         (a selection) must key on. Batch sizes, device and process count are left out."""
-        return {**self.embedding_spec(), **self.gradient_spec(), **self.projection_spec()}
+        return {**self.embedding_spec(), **self.gradient_spec(), **self.projection_spec(), **self.dealrec_spec()}
+
+    def dealrec_spec(self) -> dict:
+        """The surrogate and LiSSA options (values of the ``influence`` feature)."""
+        return {"surrogate": self.surrogate.spec(), "influence": self.influence.spec()}
 
     def projection_spec(self) -> dict:
         if self.projection == "none":
@@ -94,3 +154,57 @@ class FeatureConfig:
         llm = {"cutoff_len": self.cutoff_len, **({"dtype": self.dtype} if self.dtype is not None else {})}
         return {"text_encoder": self.text_encoder, "encoder_path": self.encoder_path,
                 "embed_max_length": self.embed_max_length, **(llm if self.text_encoder == "llm" else {})}
+
+
+def _node(node_cls: type, value: Any, name: str):
+    """A nested option node (a mapping, or null for the defaults) as its frozen dataclass."""
+    if isinstance(value, node_cls):
+        return value
+    value = dict(value or {})
+    known = {f.name for f in dataclasses.fields(node_cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"features.{name}: unknown option(s) {unknown}; expected a subset of {sorted(known)} "
+                          "(see conf/features/default.yaml)")
+    return node_cls(**value)
+
+
+def _positive_int(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
+
+
+def _check_surrogate(s: SurrogateConfig) -> None:
+    def bad(option: str, expected: str) -> ConfigError:
+        return ConfigError(f"features.surrogate.{option}={getattr(s, option)!r}: expected {expected}")
+
+    for option in ("hidden_size", "num_layers", "num_heads", "max_len", "epochs", "batch_size", "eval_every"):
+        if not _positive_int(getattr(s, option)):
+            raise bad(option, "a positive integer")
+    if s.hidden_size % s.num_heads:
+        raise bad("hidden_size", f"a multiple of features.surrogate.num_heads={s.num_heads}")
+    if s.activation not in ACTIVATIONS:
+        raise bad("activation", f"one of {list(ACTIVATIONS)}")
+    if s.sequence not in SEQUENCE_MODES:
+        raise bad("sequence", f"one of {list(SEQUENCE_MODES)}")
+    if s.checkpoint not in CHECKPOINTS:
+        raise bad("checkpoint", f"one of {list(CHECKPOINTS)}")
+    if not 0.0 <= s.dropout < 1.0:
+        raise bad("dropout", "a probability in [0, 1)")
+    for option in ("lr", "init_std"):
+        if not getattr(s, option) > 0:
+            raise bad(option, "a positive number")
+    if s.weight_decay < 0:
+        raise bad("weight_decay", "a number >= 0")
+
+
+def _check_influence(c: InfluenceConfig) -> None:
+    def bad(option: str, expected: str) -> ConfigError:
+        return ConfigError(f"features.influence.{option}={getattr(c, option)!r}: expected {expected}")
+
+    for option in ("recursion_depth", "hvp_batch", "repeats", "batch_size"):
+        if not _positive_int(getattr(c, option)):
+            raise bad(option, "a positive integer")
+    if not 0.0 <= c.damping < 1.0:
+        raise bad("damping", "a number in [0, 1)")
+    if not c.scale > 0:
+        raise bad("scale", "a positive number")

@@ -10,6 +10,8 @@ grad_norm  (n,) f32     ‖∇_θ ℓ_i‖₂ over the LoRA parameters ``feature
 grad_proj  (n, k) f32   that gradient projected to ``proj_dim`` (or raw, P = #parameters, with projection none)
 loss       (n,) f32     the task loss ℓ_i whose gradient is taken (:mod:`goracs.features.losses`)
 el2n       (n,) f32     EL2N error norm (:mod:`goracs.features.losses`)
+influence  (n,) f32     DEALRec influence (H⁻¹v)ᵀ∇θL(z_i) on a SASRec surrogate (:mod:`goracs.features.surrogate`);
+                        train split only
 label      (n,) int64   the samples' ``label`` column (not cached: read from the samples)
 user       (n,) str     the samples' ``user`` column (not cached)
 ========== ============ ===================================================================================
@@ -19,9 +21,11 @@ or corrupt file is dropped and recomputed). The key hashes the split's samples (
 the task and prompt mode, and the options that change the values: for model features the model fingerprint
 (:mod:`goracs.models.fingerprint`: backbone spec, LoRA config, content hash of ``lora_init``) and
 :meth:`FeatureConfig.gradient_spec` (plus the projection for ``grad_proj``); for ``text_emb`` only the encoder
-options, unless the encoder is the ``llm``. Batch sizes, device and process count are not in the key: they do not
-change the values (dropout masks are drawn on the CPU, so CUDA and CPU draw the same ones). A cache miss is computed
-under a file lock, so parallel jobs compute a feature once.
+options, unless the encoder is the ``llm``; for ``influence`` the train samples' (history, item) ids, the catalogue
+and ``features.surrogate`` + ``features.influence`` (no LLM: the surrogate is its own model, itself cached under
+``surrogates/`` by the sequences and ``features.surrogate`` only). Batch sizes, device and process count are not in
+the key: they do not change the values (dropout masks are drawn on the CPU, so CUDA and CPU draw the same ones).
+A cache miss is computed under a file lock, so parallel jobs compute a feature once.
 
 One gradient pass yields ``loss``, ``el2n``, ``grad_norm`` (and ``grad_proj`` when asked for), so the first request
 of any of them computes and caches those still missing. The backbone is loaded lazily, once per store.
@@ -50,7 +54,8 @@ from goracs.models.fingerprint import model_fingerprint
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("text_emb",) + GRADIENT_FEATURES + ("label", "user")
+FEATURES = ("text_emb",) + GRADIENT_FEATURES + ("influence", "label", "user")
+TRAIN_ONLY = ("influence",)
 SPLITS = ("train", "valid")
 
 
@@ -88,6 +93,8 @@ class FeatureStore:
         if base not in FEATURES or (name != base and base not in GRADIENT_FEATURES):
             raise KeyError(f"feature {name!r} is not available; available: {list(FEATURES)} (gradient features also "
                            f"as <name>@<r>: repeat r with LoRA seed lora_seed+r and dropout seed dropout_seed+r)")
+        if base in TRAIN_ONLY and split != "train":
+            raise KeyError(f"feature {name!r} is defined for the train split (the pool) only, not {split!r}")
         if (name, split) not in self._memo:
             t0 = time.perf_counter()
             self._memo[(name, split)] = self._fetch(name, split)
@@ -101,6 +108,11 @@ class FeatureStore:
     def spec(self, name: str, split: str) -> dict:
         """Everything that determines the values of feature ``name`` on ``split``."""
         name, repeat = split_repeat(name)
+        if name == "influence":  # sequences only: neither the prompts nor the LLM change it
+            from goracs.features.surrogate import surrogate_spec
+
+            return {"feature": name, "surrogate": surrogate_spec(self.samples, self.cfg.surrogate),
+                    "influence": self.cfg.influence.spec()}
         spec = {"feature": name, "task": self.task, "faithful": self.faithful, "samples": self._digest(split)}
         if repeat:
             spec["repeat"] = repeat  # repeat 0 is the plain feature: same key, same cache entry
@@ -144,6 +156,10 @@ class FeatureStore:
         base, repeat = split_repeat(name)
         if name == "text_emb":
             results = {"text_emb": self._embed(split)}
+        elif name == "influence":
+            from goracs.features.surrogate import influence_feature
+
+            results = {"influence": influence_feature(self.samples, self.cfg, self.cache, self._device())}
         elif repeat:
             values = self._gradient_pass(split, [base], repeat)[base]
             results = {name: values}
@@ -200,6 +216,11 @@ class FeatureStore:
             self._tokenizer, self._repeat = tokenizer, repeat
             self.model_loads += 1
         return self._model, self._tokenizer
+
+    def _device(self) -> str:
+        if self.cfg.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.cfg.device
 
     def release(self) -> None:
         """Drop the backbone (features already computed stay available)."""

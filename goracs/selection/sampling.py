@@ -52,11 +52,13 @@ def allocate_budget(strata_sizes: np.ndarray, m: int) -> np.ndarray:
     return budgets
 
 
-def equal_width_strata(scores: np.ndarray, n_strata: int) -> np.ndarray:
+def equal_width_strata(scores: np.ndarray, n_strata: int, right_closed: bool = False) -> np.ndarray:
     """Stratum id in ``0..n_strata-1`` of each score: ``floor((s - min) / w)`` with ``w = (max - min) / n_strata``.
 
     Bins are left-closed ``[min + i·w, min + (i+1)·w)`` as in CCS, except that the maximum falls in the last bin
     (CCS stretches the range by ``max·1.0001`` instead, which loses the top sample when ``max < 0``).
+    ``right_closed`` gives DEALRec's ``prune.py`` bins instead: a score goes to the first bin i with
+    ``s <= min(min + (i+1)·w, max)``, i.e. ``[min, min + w]`` then ``(min + i·w, min + (i+1)·w]``.
     A constant score vector is one stratum (id 0).
     """
     if n_strata < 1:
@@ -68,15 +70,20 @@ def equal_width_strata(scores: np.ndarray, n_strata: int) -> np.ndarray:
     if hi == lo:
         return np.zeros(len(s), dtype=np.int64)
     width = (hi - lo) / n_strata
+    if right_closed:
+        uppers = np.minimum(lo + width * np.arange(1, n_strata + 1), hi)  # the official bounds, float for float
+        return np.searchsorted(uppers, s, side="left").astype(np.int64)
     return np.clip(np.floor((s - lo) / width), 0, n_strata - 1).astype(np.int64)
 
 
-def stratified_sample(scores: np.ndarray, m: int, n_strata: int, rng: np.random.Generator) -> np.ndarray:
+def stratified_sample(scores: np.ndarray, m: int, n_strata: int, rng: np.random.Generator,
+                      right_closed: bool = False) -> np.ndarray:
     """CCS sampling: equal-width score strata, water-filling budgets, uniform sampling inside each stratum.
 
-    Returns ``min(m, len(scores))`` positions into ``scores`` (sorted).
+    Returns ``min(m, len(scores))`` positions into ``scores`` (sorted). ``right_closed``: DEALRec's bins
+    (:func:`equal_width_strata`).
     """
-    strata = equal_width_strata(scores, n_strata)
+    strata = equal_width_strata(scores, n_strata, right_closed=right_closed)
     budgets = allocate_budget(np.bincount(strata, minlength=n_strata), m)
     picked = []
     for stratum, b in enumerate(budgets):
