@@ -5,7 +5,7 @@
 
 import sys
 
-from goracs.report import main
+from goracs.report.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

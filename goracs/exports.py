@@ -1,4 +1,5 @@
-"""Exports for use outside goracs: the fine-tuned LoRA adapter and the selected coreset in the official format.
+"""Exports for use outside goracs: the fine-tuned LoRA adapter, the selected indices and the coreset in the official
+format.
 
 * :func:`save_adapter` writes a standard PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``,
   written by PEFT's own ``save_pretrained``), loadable with ``peft.PeftModel.from_pretrained(base, folder)`` or as
@@ -6,8 +7,9 @@
 * :func:`write_official_coreset` writes the selected training samples as the official BIGRec/TALLRec training file:
   an Alpaca-style JSON list of ``{"instruction", "input", "output"}`` objects (UTF-8, indent 4, non-ASCII literal),
   so the official training scripts can train on our subset.
+* :func:`export_selection` writes a job's selected indices (JSON) and its coreset in the official format.
 
-Both write atomically: a crash leaves either the previous export or the new one, never a half-written one.
+All write atomically: a crash leaves either the previous export or the new one, never a half-written one.
 """
 
 from __future__ import annotations
@@ -78,6 +80,20 @@ def write_official_coreset(train: pd.DataFrame, indices, path: Path, *, task: st
     atomic_write(Path(path), lambda p: p.write_text(text, encoding="utf-8"))
     log.info("wrote %d of %d %s training samples in the official format to %s", len(rows), len(train), task, path)
     return Path(path)
+
+
+def export_selection(out_dir: Path, train: pd.DataFrame, indices, *, method: str, budget: int, seed: int,
+                     task: str) -> Path:
+    """A job's selection outputs in ``out_dir``: ``selected_indices.json`` (``{"method", "budget", "seed",
+    "indices"}``, positions in ``train``) and, when a sample was selected, ``coreset_official.json``
+    (:func:`write_official_coreset`: the official scripts can train on the coreset); returns the indices file."""
+    path = Path(out_dir) / "selected_indices.json"
+    text = json.dumps({"method": method, "budget": int(budget), "seed": int(seed),
+                       "indices": np.asarray(indices).tolist()})
+    atomic_write(path, lambda p: p.write_text(text))
+    if len(indices):
+        write_official_coreset(train, indices, Path(out_dir) / "coreset_official.json", task=task)
+    return path
 
 
 def _unwrap(model):

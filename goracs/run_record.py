@@ -1,8 +1,8 @@
 """The per-job ``metrics.json``: one flat, self-describing JSON object per run (style.md B5).
 
-Keys: ``data, task, model, selection, budget, seed, experiment, status, error, test/*, select/*, time/*_s,
-n_selected, config_key, overrides, git_sha, versions, created_at, run_dir``. It is rewritten atomically at each
-stage boundary, so a killed job leaves a readable file with ``status: running``.
+Keys: ``data, task, model, selection, budget, seed, experiment, variant, status, error, data/*, test/*, select/*,
+train/*, time/*_s, n_selected, config_key, overrides, git_sha, versions, created_at, run_dir``. It is rewritten
+atomically at each stage boundary, so a killed job leaves a readable file with ``status: running``.
 """
 
 from __future__ import annotations
@@ -10,15 +10,21 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import json
+import logging
 import math
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from goracs.cache import atomic_write, config_key
 
+log = logging.getLogger(__name__)
+
 PACKAGES = ("goracs", "torch", "transformers", "peft", "lightning", "hydra-core", "numpy", "pandas", "POT",
             "geomloss", "wandb")
+# The overrides that are table axes (or change no result); every other override makes the job a ``variant``.
+AXES = frozenset({"budget", "seed", "selection", "data", "task", "model", "experiment", "experiment_name", "resume",
+                  "stage", "logger", "hparams_search"})
 
 
 class RunRecord:
@@ -26,9 +32,12 @@ class RunRecord:
 
     def __init__(self, run_dir: Path, identity: dict[str, Any], job_config: dict[str, Any], overrides: list[str],
                  repo_root: Path):
+        """``identity``: the job's table axes (data, task, model, selection, budget, seed, experiment); its
+        ``variant`` is derived from ``overrides`` (:func:`variant`)."""
         self.path = Path(run_dir) / "metrics.json"
         self.data: dict[str, Any] = {
             **identity,
+            "variant": variant(overrides),
             "status": "running",
             "config_key": job_key(job_config),
             "overrides": list(overrides),
@@ -37,6 +46,21 @@ class RunRecord:
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "run_dir": str(Path(run_dir).resolve()),
         }
+
+    def start(self, resume: bool) -> dict[str, Any] | None:
+        """Begin the job. With ``resume``, when the folder's metrics.json says ``ok`` for the same config: return it
+        with ``skipped: True`` (and write nothing). Otherwise write ``status: running``, warning when an earlier job
+        here was killed, and return None."""
+        previous = self.finished_before() if resume else None
+        if previous is not None:
+            log.info("skipping %s: metrics.json already says ok for this config (resume=false to rerun)",
+                     self.path.parent)
+            return {**previous, "skipped": True}
+        if self.interrupted_before():
+            log.warning("%s: metrics.json says a job is running here (a killed job?); taking over the folder, and "
+                        "fine-tuning resumes from its last checkpoint if it left one", self.path.parent)
+        self.write()
+        return None
 
     def finished_before(self) -> dict[str, Any] | None:
         """The folder's earlier metrics.json if it says ``ok`` for the same config (a resumed sweep skips the job)."""
@@ -56,6 +80,18 @@ class RunRecord:
         except (OSError, ValueError):
             return False
 
+    def fail(self, error: BaseException) -> None:
+        """Record ``status: failed`` with the error's type and message (the traceback is logged at debug level)."""
+        log.debug("job failed", exc_info=error)
+        self.update({"status": "failed", "error": f"{type(error).__name__}: {error}"})
+
+    def done(self, title: str, summary: dict[str, Any]) -> dict[str, Any]:
+        """Record ``status: ok``, print the CLI's final summary (``title`` and the ``summary`` values, see
+        :func:`summary_table`) and return the record."""
+        self.update({"status": "ok"})
+        print(summary_table(title, summary))
+        return self.data
+
     def update(self, values: dict[str, Any]) -> None:
         self.data.update({k: _jsonable(v) for k, v in values.items()})
         self.write()
@@ -63,6 +99,39 @@ class RunRecord:
     def write(self) -> None:
         text = json.dumps(self.data, indent=2, sort_keys=False, allow_nan=True)
         atomic_write(self.path, lambda p: p.write_text(text + "\n"))
+
+
+def sweep_objective(metrics: dict | None) -> float:
+    """What a Hydra sweeper minimises: the job's best validation loss (``train/best_val_loss``), never a test
+    metric, so tuning cannot leak the test set. ``+inf`` (the worst value, never the best trial) when the job failed
+    or did not validate (``selection=none``, an empty validation split): Optuna 2.x refuses a NaN objective and would
+    end the whole search."""
+    value = (metrics or {}).get("train/best_val_loss")
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+
+
+def variant(overrides: Iterable[str]) -> str:
+    """The job's overrides beyond the table :data:`AXES`, sorted and comma-joined, e.g. ``"selection.lam=0.0"``, or
+    ``"default"``: the rows of an ablation report (``goracs-report --rows variant``)."""
+    rest = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in AXES)
+    return ",".join(rest) or "default"
+
+
+def selection_metrics(result: Any, *, features_s: float, select_s: float) -> dict[str, Any]:
+    """The selection stage's entries: ``time/features_s``, ``time/select_s`` (selection alone), ``n_selected`` and
+    the result's ``select/<stat>`` values and ``select/<trace>`` lists (a :class:`goracs.selection.SelectionResult`)."""
+    return {"time/features_s": features_s, "time/select_s": select_s, "n_selected": len(result.indices),
+            **{f"select/{k}": v for k, v in result.stats.items()},
+            **{f"select/{k}": v for k, v in result.traces.items()}}
+
+
+def summary_table(title: str, values: dict[str, Any]) -> str:
+    """The CLI's final summary: a blank line, ``title``, a rule, then one ``key  value`` line per scalar (floats
+    with 4 decimals; lists such as traces left out)."""
+    rows = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in values.items() if not isinstance(v, list)]
+    width = max((len(k) for k, _ in rows), default=10)
+    lines = ["", title, "-" * max(len(title), width + 12), *(f"{k:<{width}}  {v}" for k, v in rows)]
+    return "\n".join(lines)
 
 
 def job_key(job_config: dict[str, Any]) -> str:

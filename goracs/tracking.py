@@ -40,14 +40,15 @@ def start(loggers: list, config: Mapping[str, Any]) -> None:
             run.define_metric("select/poo_trace", step_metric="select/poo_trace_step")
 
 
-def log_selection(loggers: list, stats: Mapping[str, Any], traces: Mapping[str, list[float]],
-                  artifact: Path | None) -> None:
-    """Selection statistics, per-step traces (the POO after greedy and after each exchange) and the indices file,
-    logged as soon as the selection is done."""
+def log_selection(loggers: list, result: Any, features_s: float, artifact: Path | None) -> None:
+    """The selection's statistics (``select/<stat>``, with ``time/features_s``), per-step traces (``select/<trace>``:
+    the POO after greedy and after each exchange) and the indices file (``artifact``), logged as soon as the
+    selection (a :class:`goracs.selection.SelectionResult`) is done."""
+    stats = {**{f"select/{k}": v for k, v in result.stats.items()}, "time/features_s": features_s}
     for run in _log_scalars(loggers, stats):
-        for name, values in traces.items():
+        for name, values in result.traces.items():
             for step, value in enumerate(values):
-                run.log({name: value, f"{name}_step": step})
+                run.log({f"select/{name}": value, f"select/{name}_step": step})
         if artifact is not None and artifact.exists():
             import wandb
 

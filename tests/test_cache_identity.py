@@ -75,7 +75,7 @@ def test_feature_batch_size_and_device_do_not_invalidate_a_selection(tmp_path, c
 
     _select(tmp_path, "first", ["features.batch_size=4"])
     selections = _entries(tmp_path, "selections")
-    with caplog.at_level(logging.INFO, logger="goracs.run"):
+    with caplog.at_level(logging.INFO, logger="goracs.selection.cache"):
         _select(tmp_path, "second", ["features.batch_size=3", "features.embed_batch_size=5", "features.device=cpu"])
     assert _entries(tmp_path, "selections") == selections
     assert any("selection read from cache" in r.getMessage() for r in caplog.records)

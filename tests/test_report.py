@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from goracs.report import main, sanitise
+from goracs.report.cli import main
+from goracs.report.tables import sanitise
 
 # (selection, budget) -> metric value per seed 0, 1; `full` runs carry a budget that means nothing.
 NDCG = {

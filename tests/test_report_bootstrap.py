@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 
 from goracs.evaluation.records import FILENAME, auc, metrics_from_records
-from goracs.report import main, paired_bootstrap, sanitise
-from goracs.report_intervals import _resample_counts, _weighted_auc, backing, sample_values
+from goracs.report.cli import main
+from goracs.report.statistics import _resample_counts, _weighted_auc, backing, paired_bootstrap, sample_values
+from goracs.report.tables import sanitise
 
 N_ROWS = 300
 # (selection, budget) -> shift of the per-sample loss and of the ranks against the shared per-row baseline

@@ -7,11 +7,15 @@ there is no registry.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
+
+from goracs.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,22 @@ class SelectionResult:
             raise ValueError("selection returned duplicate indices")
         object.__setattr__(self, "indices", np.sort(idx))
 
+    def save(self, path: str | Path) -> None:
+        """Write the result to ``path`` as an ``.npz``: ``indices``, ``scores`` (empty when None) and ``meta``, the
+        stats and traces as a JSON string (no pickle, so :meth:`load` reads it with ``allow_pickle=False``)."""
+        meta = json.dumps({"stats": self.stats, "traces": self.traces}, default=float)
+        scores = self.scores if self.scores is not None else np.zeros(0)
+        with open(path, "wb") as f:
+            np.savez(f, indices=self.indices, scores=scores, meta=np.array(meta))
+
+    @classmethod
+    def load(cls, path: str | Path) -> SelectionResult:
+        """The result :meth:`save` wrote to ``path``."""
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return cls(indices=z["indices"], scores=z["scores"] if z["scores"].size else None, stats=meta["stats"],
+                       traces=meta["traces"])
+
 
 class Selector(Protocol):
     """A coreset method. The constructor takes only the method's hyper-parameters (the yaml keys)."""
@@ -91,15 +111,24 @@ class Selector(Protocol):
     def select(self, pool: Pool, budget: int, *, seed: int) -> SelectionResult: ...
 
 
-def check_budget(budget: int, size: int) -> int:
+def check_budget(budget: int, size: int, *, strict: bool = False) -> int:
     """Validate an absolute budget; return the effective budget ``min(budget, size)``.
 
-    Raises ValueError for budget <= 0. A budget at or above the pool size means "everything" (logged).
+    A budget that is not a positive integer is a :class:`~goracs.errors.ConfigError` (a ``ValueError``). A budget at
+    or above the pool size means "everything" (logged), unless ``strict``: then a budget above the pool size is a
+    ConfigError naming both numbers. ``goracs-run`` checks strictly, before any feature is computed, because there a
+    budget beyond the pool is a typo or the wrong data slice more often than a wish for the whole pool (which
+    ``selection=full`` asks for); the strict check logs nothing, the method's own check logs what it takes.
     """
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
-        raise ValueError(f"budget must be an integer number of samples, got {budget!r}")
+        raise ConfigError(f"budget must be an integer number of samples, got {budget!r}")
     if budget <= 0:
-        raise ValueError(f"budget must be a positive number of samples, got {budget}")
+        raise ConfigError(f"budget={budget}: expected a positive number of training samples")
+    if strict:
+        if budget > size:
+            raise ConfigError(f"budget={budget} is larger than the training pool ({size} samples); lower budget= "
+                              f"or raise data.max_train, or use selection=full")
+        return int(budget)
     if budget >= size:
         log.info("budget %d >= pool size %d: selecting the whole pool", budget, size)
         return size
@@ -109,3 +138,20 @@ def check_budget(budget: int, size: int) -> int:
 def whole_pool(size: int, **stats: float) -> SelectionResult:
     """The result for a budget that covers the pool."""
     return SelectionResult(indices=np.arange(size, dtype=np.int64), stats=dict(stats))
+
+
+def build_pool(samples: Any, features: FeatureSource) -> Pool:
+    """The pool of a data stage's ``samples`` (:class:`goracs.data.Samples`): one entry per training sample, the
+    user ids as groups, the class labels of :func:`class_labels`, and ``features`` (computed lazily: random and full
+    never trigger a model)."""
+    labels, valid_labels = class_labels(samples)
+    groups = samples.train["user"].astype(str).to_numpy()
+    return Pool(size=len(samples.train), features=features, labels=labels, valid_labels=valid_labels, groups=groups)
+
+
+def class_labels(samples: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Train and validation class labels for a CTR task (they drive GORACS's label-enhanced selection and the
+    classes of CCS/Moderate); ``(None, None)`` for a generative task."""
+    if samples.task != "ctr":
+        return None, None
+    return (samples.train["label"].to_numpy(dtype=np.int64), samples.valid["label"].to_numpy(dtype=np.int64))

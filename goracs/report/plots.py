@@ -4,7 +4,7 @@ intervals: ``method − reference`` against budget, one point per method and col
 bar, methods side by side, a line at 0; filled markers where the interval excludes 0) and
 ``<group>_select_time.png`` (``select/time_s`` or ``time/select_s`` against budget).
 
-Interval bands: where a table has intervals (:mod:`goracs.report_intervals`), each compared method gets a shaded
+Interval bands: where a table has intervals (:mod:`goracs.report.statistics`), each compared method gets a shaded
 band in its colour spanning ``reference mean + [low, high]`` at each column (the reference mean of that column, or
 of ``all`` for a budget-less reference); a budget-less method gets a horizontal band. The band is centred near the
 method's own mean (``reference mean + diff``), and it is clear of the reference's line exactly where the interval
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from goracs.report_tables import (BUDGETLESS_METHODS, FULL_COLUMN, Table, build_table, budgetless_rows, column_labels,
+from goracs.report.tables import (BUDGETLESS_METHODS, FULL_COLUMN, Table, build_table, budgetless_rows, column_labels,
                                   direction, natural, sanitise)
 
 log = logging.getLogger("goracs.report")  # the CLI's logger: same name in messages and for filtering

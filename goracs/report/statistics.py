@@ -46,8 +46,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from goracs.evaluation.records import FILENAME, RANKED, RANK_COLUMNS, auc, floats as _floats, ndcg_gain, sample_values
-from goracs.report_tables import (BETTER, BUDGETLESS_METHODS, FALLBACK, FULL_COLUMN, WORSE, Cell, Interval, Table,
+from goracs.evaluation.records import FILENAME, RANKED, RANK_COLUMNS, auc, floats as _floats, sample_values
+from goracs.report.tables import (BETTER, BUDGETLESS_METHODS, FALLBACK, FULL_COLUMN, WORSE, Cell, Interval, Table,
                                   budgetless_rows)
 
 log = logging.getLogger("goracs.report")  # the CLI's logger: same name in messages and for filtering

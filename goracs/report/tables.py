@@ -10,7 +10,7 @@
   column), left blank for the other methods, and their budget columns are blank (a blank is not a missing cell);
 * best mean per column (compared at the printed precision, ties all marked) in bold, using ``lower_is_better``
   (logloss/loss and times lower, everything else higher); columns with a single value are not marked;
-* with an :class:`Interval` per cell (filled by :mod:`goracs.report_intervals`) the cell reads
+* with an :class:`Interval` per cell (filled by :mod:`goracs.report.statistics`) the cell reads
   ``mean ± std [low, high] ▲``: ``[low, high]`` the 95% interval of ``method − reference``, ``▲`` / ``▼`` when
   it excludes 0 on the better / worse side (``lower_is_better`` decides), ``†`` after the bracket when the
   interval is the seed-level fallback; the reference's own cells read ``mean ± std (ref)``.
@@ -66,7 +66,7 @@ class Interval:
 
     ``diff`` is the point estimate, ``[low, high]`` the interval, ``n_rows`` the paired test rows summed over the
     ``n_strata`` seed strata (0 for the seed-level fallback), ``kind`` ``"bootstrap"`` (paired bootstrap over test
-    rows) or ``"welch"`` (seed-level fallback, see :mod:`goracs.report_intervals`).
+    rows) or ``"welch"`` (seed-level fallback, see :mod:`goracs.report.statistics`).
     """
 
     diff: float

@@ -4,12 +4,12 @@ Every ``metrics.json`` under the given folders (recursive) becomes one row of a 
 ``status == "ok"`` are kept (failed runs are logged with their errors). For each group (default ``data, task,
 model``) and each metric (default: every ``test/*`` metric the group reports) one table is built: rows ``--rows``
 (default ``selection``), columns ``--cols`` (default ``budget``), cells ``mean ± std`` over seeds, best per column in
-bold (see :mod:`goracs.report_tables` for the exact rules). Budget-less methods (``none``: the initial adapter,
+bold (see :mod:`goracs.report.tables` for the exact rules). Budget-less methods (``none``: the initial adapter,
 ``full``: the whole pool) share one column ``all``.
 
 Each cell also gets the 95% interval of its difference to ``--reference`` (default ``random``), a paired bootstrap
 over the test rows of the ``test_outputs.parquet`` files beside the ``metrics.json`` files, seeds as strata
-(``--n-boot`` resamples, ``--boot-seed``; :mod:`goracs.report_intervals`, ``docs/statistics.md``); runs without
+(``--n-boot`` resamples, ``--boot-seed``; :mod:`goracs.report.statistics`, ``docs/statistics.md``); runs without
 that file fall back to a seed-level Welch interval, marked ``†``. Cells read ``mean ± std [low, high] ▲``, with
 ``▲`` / ``▼`` when the interval excludes 0 on the better / worse side, and ``(ref)`` in the reference's cells.
 
@@ -19,7 +19,7 @@ cells say ``(n=k)``.
 
 Outputs go to ``--out`` (default ``<first sweep dir>/report/``): ``<group>_<metric>.{md,tex,csv}`` (CSV is long
 form: one line per cell with mean, std, n, seeds, missing seeds, best, diff, ci_low, ci_high, n_rows, n_strata,
-interval, reference, significant) and the PNG plots of :mod:`goracs.report_plots`. The Markdown is also printed
+interval, reference, significant) and the PNG plots of :mod:`goracs.report.plots`. The Markdown is also printed
 to stdout. Only pandas, numpy and pyarrow are imported up front (matplotlib, scikit-learn and scipy lazily, where
 needed), so the command starts fast.
 """
@@ -36,18 +36,11 @@ from typing import Sequence
 import pandas as pd
 
 from goracs.errors import InputNotFound
-from goracs.report_intervals import attach_intervals, paired_bootstrap
-from goracs.report_plots import TIME_METRICS, write_plots
-from goracs.report_tables import (BUDGETLESS_METHODS, FULL_COLUMN, GAP, METHOD_ORDER, Cell, IncompleteTableError,
-                                  Interval, Table, build_table, build_tables, lower_is_better, render_latex,
-                                  render_markdown, sanitise, table_csv)
+from goracs.report.plots import write_plots
+from goracs.report.statistics import attach_intervals
+from goracs.report.tables import IncompleteTableError, build_tables, render_latex, render_markdown, sanitise, table_csv
 
-__all__ = ["BUDGETLESS_METHODS", "FULL_COLUMN", "GAP", "METHOD_ORDER", "TIME_METRICS", "Cell",
-           "IncompleteTableError", "Interval", "Table", "attach_intervals", "build_table", "build_tables", "collect",
-           "keep_ok", "lower_is_better", "main", "paired_bootstrap", "render_latex", "render_markdown", "sanitise",
-           "table_csv", "write_plots"]
-
-log = logging.getLogger(__name__)
+log = logging.getLogger("goracs.report")  # the package's logger, shared by its modules
 
 _STRING_KEYS = ("data", "task", "model", "selection", "experiment", "status", "error", "config_key", "created_at",
                 "git_sha", "run_dir", "path")
@@ -166,5 +159,3 @@ def _raise_if_bad(frame: pd.DataFrame, key: str, bad: pd.Series, expected: str) 
         raise ValueError(f"{row['path']}: {key} = {row[key]!r}, expected {expected}")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
