@@ -3,6 +3,7 @@
     python experiments/bench_goracs.py --quick            # CPU-friendly subset (~1-2 min on 2 cores)
     python experiments/bench_goracs.py                    # shape (a) + scale series (~10 min on 2 cores)
     python experiments/bench_goracs.py --paper            # adds N=140k, M=5k, d=768, n=1024 (needs ~4 GiB)
+    python experiments/bench_goracs.py --fill [--paper] [--real DIR]   # greedy_fill=index vs ot (saturated shapes)
 
 Inputs come from ``../shared/bench/make_bench_features.py`` (generated on demand under outputs/bench/, sha256 checked
 against the values pinned in ../shared/bench/README.md for the shape-(a) inputs). Every configuration runs in a child
@@ -39,22 +40,26 @@ def main() -> None:
         return
     rows = []
     configs = []
-    if not args.paper_only:
+    if args.fill:
+        configs = _fill_configs(args)
+    elif not args.paper_only:
         configs = _shape_a_configs(args)
-    if args.paper or args.paper_only:
+    if (args.paper or args.paper_only) and not args.fill:
         data = _inputs(n_train=140000, n_valid=5000, dim=768, check=False)
         configs.append(dict(data=str(data), name="paper shape (Games)", budget=1024, lam=0.1, cut_num=30,
                             threads=args.threads,
                             max_iters=100, pruning=args.paper_pruning, pair_order="bound"))
+    done = {}
+    if args.resume and args.out and Path(args.out).exists():  # keep finished rows of an interrupted study
+        done = {r["name"]: r for r in json.loads(Path(args.out).read_text()) if "error" not in r}
     for cfg in configs:
-        rows.append(_child(cfg, args.timeout))
+        rows.append(done.get(cfg["name"]) or _child(cfg, args.timeout))
         log.info("%s", rows[-1])
-    table = _table(rows)
-    print(table)
+        if args.out:  # after every row, so an interrupted study keeps what it measured
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(rows, indent=1))
+    print(_table(rows))
     print(ANCHOR)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(rows, indent=1))
 
 
 def _shape_a_configs(args) -> list[dict]:
@@ -76,16 +81,52 @@ def _shape_a_configs(args) -> list[dict]:
     return configs
 
 
+def _fill_configs(args) -> list[dict]:
+    """``greedy_fill=index`` vs ``ot`` with both pruning modes (docs/bench_goracs.md, "Greedy fill").
+
+    Shapes: (a), where the greedy never saturates (nothing may change); the 15k x 5k x 768 shape of the official
+    notebook (lambda 0.5, n 1000; 10 and 100 exchanges); optionally the paper's Games shape (``--paper``) and a real
+    pool (``--real DIR`` holding train_emb.npy, valid_emb.npy, grad_norm.npy and budget.txt).
+    """
+    shapes = [(dict(n_train=15000, n_valid=5000, dim=768), dict(budget=1000, lam=0.5), [10, 100], "15k x 5k")]
+    configs = []
+    if args.real:
+        real = Path(args.real)
+        opts = dict(data=str(real), budget=int((real / "budget.txt").read_text()), lam=0.1, cut_num=30,
+                    threads=args.threads)
+        configs += _fill_grid(opts, [10, 100], f"real {real.name}")
+    shapes.append((dict(n_train=20000, n_valid=2000, dim=384), dict(budget=500, lam=0.1), [50], "shape (a)"))
+    if args.paper:
+        shapes.append((dict(n_train=140000, n_valid=5000, dim=768), dict(budget=1024, lam=0.1), [100], "paper"))
+    for shape, opts, iters, label in shapes:
+        data = str(_inputs(**shape, check=False))
+        configs += _fill_grid(dict(opts, data=data, threads=args.threads, cut_num=30), iters, label)
+    return configs
+
+
+def _fill_grid(common: dict, iters: list[int], label: str) -> list[dict]:
+    grid = []
+    for max_iters in iters:
+        for pruning, order in (("official", "product"), ("corrected", "bound")):
+            for fill in ("index", "ot"):
+                grid.append(dict(common, name=f"{label}, {pruning}, {max_iters} ex., fill={fill}", pruning=pruning,
+                                 pair_order=order, greedy_fill=fill, max_iters=max_iters))
+    return grid
+
+
 def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="N=5000 shape-(a) subset, no scale series")
     p.add_argument("--paper", action="store_true", help="add the paper's Games shape (slow, ~4 GiB)")
     p.add_argument("--paper-only", action="store_true", help="only the paper's Games shape")
     p.add_argument("--paper-pruning", default="corrected", choices=["official", "corrected"])
+    p.add_argument("--fill", action="store_true", help="greedy_fill=index vs ot study (see _fill_configs)")
+    p.add_argument("--real", help="with --fill: folder with a real pool's train_emb/valid_emb/grad_norm .npy + budget.txt")
     p.add_argument("--noscreen-iters", type=int, default=3, help="accepted swaps for the no-screening timing row")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads per run (0 = torch default); 1 avoids OpenMP spin-waits on a busy machine")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
+    p.add_argument("--resume", action="store_true", help="reuse the rows already in --out (same names, no error)")
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "bench_goracs.json"))
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration (JSON) in this process
     return p.parse_args()
@@ -147,13 +188,14 @@ def _run_one(cfg: dict) -> dict:
         row["identical_picks"] = lazy == dense
         row["speedup"] = row["dense_greedy_s"] / row["lazy_greedy_s"]
         del cost
-    keys = ("lam", "max_iters", "cut_num", "pruning", "screen", "pair_order", "solver", "refine")
+    keys = ("lam", "max_iters", "cut_num", "pruning", "screen", "pair_order", "solver", "refine", "greedy_fill")
     sel = GoracsSelector(**{k: cfg[k] for k in keys if k in cfg})
     pool = Pool(size=len(x), features=ArrayFeatures(train={"text_emb": x, "grad_norm": g}, valid={"text_emb": y}))
     cpu0 = time.process_time()
     res = sel.select(pool, cfg["budget"], seed=0)
     row["cpu_s"] = time.process_time() - cpu0  # CPU seconds: steadier than wall time on a shared machine
     row.update({k: res.stats.get(k) for k in ("time_s", "time_greedy_s", "time_refine_s", "poo_greedy", "poo_final",
+                                                "greedy_saturated_at",
                                                 "exchanges_accepted", "exchanges_tried", "exchanges_screened",
                                                 "time_prune_s", "time_solve_s")})
     row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -189,7 +231,7 @@ def _table(rows: list[dict]) -> str:
     from tabulate import tabulate
 
     cols = ["name", "N", "M", "n", "time_s", "cpu_s", "time_greedy_s", "time_refine_s", "time_prune_s", "time_solve_s",
-            "poo_greedy", "poo_final",
+            "greedy_saturated_at", "poo_greedy", "poo_final",
             "exchanges_accepted", "exchanges_tried", "exchanges_screened", "peak_rss_gib", "lazy_greedy_s",
             "dense_greedy_s", "speedup", "identical_picks", "error"]
     used = [c for c in cols if any(c in r and r[c] is not None for r in rows)]

@@ -13,6 +13,10 @@ than n rows. Once ``|S| >= n``, stop when at least n selected rows receive mass 
 order), or when ``flag`` is false; with ``flag``, keep only the rows with mass (exactly n of them). With exactly tied
 costs (duplicate samples) every row can end up picked with fewer than n carrying mass, where the official code
 fails; we then pad with the earliest zero-mass picks.
+
+Saturation: once the best fresh decrease is 0 (F at its global minimum, p < n picks), every remaining row ties.
+``fill="index"`` (official-compatible) keeps taking the lowest row ids; ``fill="ot"`` hands the saturated prefix to
+:func:`goracs.selection.goracs.fill.ot_fill`, which chooses the remaining rows for the uniform-mass POO.
 """
 
 from __future__ import annotations
@@ -24,14 +28,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from goracs.selection.goracs.fill import FILLS, ot_fill
+
 log = logging.getLogger(__name__)
 
 
-def greedy_init(cost: torch.Tensor, budget: int, *, chunk_size: int, batch: int = 32) -> list[int]:
-    """Row indices of the greedy initial subset, in pick order (length ``budget``)."""
+def greedy_init(cost: torch.Tensor, budget: int, *, chunk_size: int, batch: int = 32,
+                fill: str = "index") -> list[int]:
+    """Row indices of the greedy initial subset, in pick order (length ``budget``); ``fill``: see the module docstring."""
     n_rows, n_cols = cost.shape
     if not 0 < budget < n_rows:
         raise ValueError(f"greedy needs 0 < budget < pool size, got budget={budget}, pool={n_rows}")
+    if fill not in FILLS:
+        raise ValueError(f"selection.greedy_fill must be one of {list(FILLS)}, got {fill!r}")
     row_sums, nn_rows = _row_sums_and_nearest(cost, chunk_size)
     flag = len(np.unique(nn_rows)) > budget
     first = int(np.argmin(row_sums))
@@ -60,7 +69,10 @@ def greedy_init(cost: torch.Tensor, budget: int, *, chunk_size: int, batch: int 
                         budget)
             keep |= set([k for k in selected if k not in keep][: budget - len(keep)])
             return [k for k in selected if k in keep]
-        pick = _pop_best(cost, col_min, heap, step=len(selected), batch=batch)
+        pick, decrease = _pop_best(cost, col_min, heap, step=len(selected), batch=batch)
+        if fill == "ot" and decrease <= 0 and len(selected) < budget:  # saturated: F is at its minimum
+            progress.close()
+            return ot_fill(cost, selected, budget, chunk_size=chunk_size)
         row = cost[pick]
         gained = row < col_min  # strict: an equal earlier row keeps the column, as argmin over S does
         if bool(gained.any()):
@@ -76,8 +88,8 @@ def greedy_init(cost: torch.Tensor, budget: int, *, chunk_size: int, batch: int 
         progress.update(1)
 
 
-def _pop_best(cost: torch.Tensor, col_min: torch.Tensor, heap: list, *, step: int, batch: int) -> int:
-    """Pop the row with the largest exact decrease at ``step`` (= |S|), refreshing stale bounds batch by batch.
+def _pop_best(cost: torch.Tensor, col_min: torch.Tensor, heap: list, *, step: int, batch: int) -> tuple[int, float]:
+    """Pop ``(row, decrease)`` with the largest exact decrease at ``step`` (= |S|), refreshing stale bounds in batches.
 
     The batch doubles while the top stays stale: early steps (when one pick changes many bounds) refresh thousands
     of rows in a few large chunks instead of many small ones.
@@ -85,7 +97,8 @@ def _pop_best(cost: torch.Tensor, col_min: torch.Tensor, heap: list, *, step: in
     size = batch
     while True:
         if heap[0][2] == step:
-            return heapq.heappop(heap)[1]
+            neg, row, _ = heapq.heappop(heap)
+            return row, -neg
         stale = []
         while heap and len(stale) < size and heap[0][2] != step:
             stale.append(heapq.heappop(heap)[1])
@@ -126,3 +139,19 @@ def _row_sums_and_nearest(cost: torch.Tensor, chunk_size: int) -> tuple[np.ndarr
         best = torch.where(better, vals, best)
         arg = torch.where(better, idx + start, arg)
     return torch.cat(sums).cpu().numpy(), arg.cpu().numpy()
+
+
+def saturation_point(cost: torch.Tensor, rows: list[int], chunk_size: int) -> int | None:
+    """Smallest p with ``F(rows[:p])`` at its global minimum ``(1/M) Σ_j min_i C_ij``, or None if never reached.
+
+    From that pick on every greedy gain is 0 and the ``greedy_fill`` option decides the rest (module docstring).
+    """
+    floor = torch.full((cost.shape[1],), float("inf"), dtype=cost.dtype, device=cost.device)
+    for start in range(0, cost.shape[0], chunk_size):
+        floor = torch.minimum(floor, cost[start : start + chunk_size].amin(dim=0))
+    col_min = torch.full_like(floor, float("inf"))
+    for p, k in enumerate(rows, start=1):
+        col_min = torch.minimum(col_min, cost[k])
+        if bool((col_min <= floor).all()):
+            return p
+    return None

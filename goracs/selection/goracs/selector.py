@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from goracs.selection.goracs.cost import build_cost
-from goracs.selection.goracs.greedy import greedy_init
+from goracs.selection.goracs.fill import FILLS
+from goracs.selection.goracs.greedy import greedy_init, saturation_point
 from goracs.selection.goracs.label_enhanced import select_by_class
 from goracs.selection.goracs.ot import ExactOT, make_solver
 from goracs.selection.goracs.refine import refine as refine_subset
@@ -38,6 +39,7 @@ class GoracsSelector:
         screen: bool = True,
         pair_order: str = "product",
         init: str = "greedy",
+        greedy_fill: str = "index",
         refine: bool = True,
         dist_feature: str = "text_emb",
         grad_feature: str = "grad_norm",
@@ -56,6 +58,7 @@ class GoracsSelector:
         _check_choice("pruning", pruning, ("official", "corrected"))
         _check_choice("pair_order", pair_order, ("product", "bound"))
         _check_choice("init", init, ("greedy", "random"))
+        _check_choice("greedy_fill", greedy_fill, FILLS)
         _check_choice("label_enhanced", str(label_enhanced).lower(), ("auto", "true", "false"))
         _check_choice("device", device, ("auto", "cpu", "cuda"))
         self.solver = make_solver(solver, blur, scaling)
@@ -63,7 +66,7 @@ class GoracsSelector:
             raise ValueError("selection.pair_order=bound needs solver=exact (Sinkhorn potentials give no bound)")
         self.lam, self.max_iters, self.cut_num = float(lam), int(max_iters), int(cut_num)
         self.pruning, self.screen, self.pair_order = pruning, bool(screen), pair_order
-        self.init, self.refine = init, bool(refine)
+        self.init, self.greedy_fill, self.refine = init, greedy_fill, bool(refine)
         self.dist_feature, self.grad_feature = dist_feature, grad_feature
         self.normalize_dist, self.ctr_normalize_dist = bool(normalize_dist), bool(ctr_normalize_dist)
         self.label_enhanced = str(label_enhanced).lower()
@@ -123,13 +126,16 @@ class GoracsSelector:
         cost = build_cost(train, valid, grad_hat, self.lam, normalize_dist=normalize_dist,
                           chunk_size=self.chunk_size).values
         if self.init == "greedy":
-            rows = greedy_init(cost, n, chunk_size=self.chunk_size)
+            rows = greedy_init(cost, n, chunk_size=self.chunk_size, fill=self.greedy_fill)
         else:
             rows = rng.choice(cost.shape[0], size=n, replace=False).tolist()
         exact = ExactOT()
         poo_init = exact.solve(cost[torch.as_tensor(rows, device=cost.device)])[0]
+        # picks after which every greedy gain was 0 (-1: never, and greedy_fill changes nothing)
+        saturated = saturation_point(cost, rows, self.chunk_size) if self.init == "greedy" else None
         t1 = time.perf_counter()
-        stats = {"poo_greedy": poo_init, "time_greedy_s": t1 - t0, "exchanges_accepted": 0, "exchanges_tried": 0}
+        stats = {"poo_greedy": poo_init, "time_greedy_s": t1 - t0, "exchanges_accepted": 0, "exchanges_tried": 0,
+                 "greedy_saturated_at": -1 if saturated is None else saturated}
         traces = {"poo_trace": [poo_init]}
         log.info("GORACS %s init: POO %.6f (%.1f s)", self.init, poo_init, t1 - t0)
         if self.refine and self.max_iters > 0:
