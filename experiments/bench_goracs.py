@@ -195,7 +195,7 @@ def _run_one(cfg: dict) -> dict:
     res = sel.select(pool, cfg["budget"], seed=0)
     row["cpu_s"] = time.process_time() - cpu0  # CPU seconds: steadier than wall time on a shared machine
     row.update({k: res.stats.get(k) for k in ("time_s", "time_greedy_s", "time_refine_s", "poo_greedy", "poo_final",
-                                                "greedy_saturated_at",
+                                                "greedy_saturated_at", "time_fill_s",
                                                 "exchanges_accepted", "exchanges_tried", "exchanges_screened",
                                                 "time_prune_s", "time_solve_s")})
     row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

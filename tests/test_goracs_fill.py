@@ -17,6 +17,12 @@ from goracs.selection.goracs.greedy import greedy_init, saturation_point
 from goracs.selection.goracs.pruning import dual_gain
 
 
+def initial(cost: torch.Tensor, n: int, fill: str, chunk_size: int) -> list[int]:
+    """The greedy stage as the selector runs it for ``greedy_fill=fill``."""
+    rows = greedy_init(cost, n, chunk_size=chunk_size, stop_when_saturated=fill == "ot")
+    return rows if len(rows) == n else ot_fill(cost, rows, n, chunk_size=chunk_size)[0]
+
+
 def poo(cost: np.ndarray, rows) -> float:
     """Uniform-mass OT value of the subset (POT, float64)."""
     rows = list(rows)
@@ -44,7 +50,7 @@ def saturated_cases(n: int, seeds=range(40), **shape):
 
 def prefix_of(cost: np.ndarray, n: int) -> list[int]:
     """The greedy picks up to saturation (all n picks if it never saturates)."""
-    rows = greedy_init(torch.from_numpy(cost), n, chunk_size=5, fill="index")
+    rows = initial(torch.from_numpy(cost), n, "index", 5)
     return rows[: saturation_point(torch.from_numpy(cost), rows, chunk_size=5) or n]
 
 
@@ -108,8 +114,8 @@ def test_fill_against_the_exhaustive_optimum():
     gap_ot, gap_index, gap_completion = [], [], []
     for _, cost in saturated_cases(n, seeds=range(30)):
         t = torch.from_numpy(cost)
-        filled = greedy_init(t, n, chunk_size=5, fill="ot")
-        index = greedy_init(t, n, chunk_size=5, fill="index")
+        filled = initial(t, n, "ot", 5)
+        index = initial(t, n, "index", 5)
         prefix = prefix_of(cost, n)
         assert filled[: len(prefix)] == prefix and len(set(filled)) == n
         values = {s: poo(cost, s) for s in itertools.combinations(range(len(cost)), n)}
@@ -132,7 +138,7 @@ def test_fill_never_raises_the_poo_over_the_index_fill_from_the_same_prefix():
     cases = list(saturated_cases(8, seeds=range(60), n_rows=40, n_cols=12, k=4))
     for _, cost in cases:
         t = torch.from_numpy(cost)
-        filled, index = greedy_init(t, 8, chunk_size=7, fill="ot"), greedy_init(t, 8, chunk_size=7, fill="index")
+        filled, index = initial(t, 8, "ot", 7), initial(t, 8, "index", 7)
         assert poo(cost, filled) <= poo(cost, index) + 1e-12
         strictly_lower += poo(cost, filled) < poo(cost, index) - 1e-12
     assert len(cases) >= 12 and strictly_lower >= 0.8 * len(cases)  # measured: 15 of 16
@@ -140,15 +146,15 @@ def test_fill_never_raises_the_poo_over_the_index_fill_from_the_same_prefix():
 
 def test_index_fill_takes_the_lowest_free_rows_and_unsaturated_greedy_is_unchanged():
     cost = clustered(2)
-    rows = greedy_init(torch.from_numpy(cost), 7, chunk_size=5, fill="index")
+    rows = initial(torch.from_numpy(cost), 7, "index", 5)
     prefix = prefix_of(cost, 7)
     assert rows[len(prefix):] == [r for r in range(16) if r not in prefix][: 7 - len(prefix)]
     # Spread validation points: the nearest-row assignment needs more than n rows, F never saturates.
     rng = np.random.default_rng(0)
     spread = rng.random((60, 30)).astype(np.float32)
     assert len(np.unique(spread.argmin(axis=0))) > 8
-    assert greedy_init(torch.from_numpy(spread), 8, chunk_size=7, fill="ot") == \
-        greedy_init(torch.from_numpy(spread), 8, chunk_size=7, fill="index")
+    assert initial(torch.from_numpy(spread), 8, "ot", 7) == \
+        initial(torch.from_numpy(spread), 8, "index", 7)
     assert saturation_point(torch.from_numpy(spread), list(range(8)), chunk_size=7) is None
 
 
@@ -172,3 +178,12 @@ def test_selector_option_and_stats():
     assert results["ot"].stats["poo_greedy"] < results["index"].stats["poo_greedy"]
     with pytest.raises(ValueError, match="selection.greedy_fill must be one of \\['index', 'ot'\\], got 'best'"):
         GoracsSelector(greedy_fill="best")
+
+
+def test_greedy_stops_at_saturation_and_the_fill_reports_its_poo():
+    cost = clustered(2)
+    t = torch.from_numpy(cost)
+    prefix = greedy_init(t, 7, chunk_size=5, stop_when_saturated=True)
+    assert prefix == prefix_of(cost, 7) and len(prefix) < 7
+    rows, value = ot_fill(t, prefix, 7, chunk_size=5)
+    assert value == pytest.approx(poo(cost, rows), abs=1e-12)

@@ -54,8 +54,9 @@ FILLS = ("index", "ot")
 BATCH_DIVISOR = 2  # each batch inserts ceil(remaining / BATCH_DIVISOR) rows before the exact re-solve
 
 
-def ot_fill(cost: torch.Tensor, prefix: list[int], budget: int, *, chunk_size: int) -> list[int]:
-    """``prefix`` (the saturated greedy picks) extended to ``budget`` rows chosen for the POO (module docstring)."""
+def ot_fill(cost: torch.Tensor, prefix: list[int], budget: int, *, chunk_size: int) -> tuple[list[int], float]:
+    """``prefix`` (the saturated greedy picks) extended to ``budget`` rows chosen for the POO (module docstring), and
+    that subset's POO."""
     n_rows = cost.shape[0]
     if not len(prefix) < budget <= n_rows:
         raise ValueError(f"ot_fill needs len(prefix) < budget <= pool size, got {len(prefix)}, {budget}, {n_rows}")
@@ -77,8 +78,8 @@ def ot_fill(cost: torch.Tensor, prefix: list[int], budget: int, *, chunk_size: i
              "%.6f)", len(prefix), budget - len(prefix), solves, poo_ot, poo_index)
     if poo_index < poo_ot:
         log.info("the index fill has the lower POO here; keeping it")
-        return index
-    return rows
+        return index, poo_index
+    return rows, poo_ot
 
 
 def completion_bound(cost_s: torch.Tensor, outside_min: torch.Tensor, budget: int) -> tuple[float, np.ndarray]:

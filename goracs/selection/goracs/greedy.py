@@ -15,8 +15,9 @@ costs (duplicate samples) every row can end up picked with fewer than n carrying
 fails; we then pad with the earliest zero-mass picks.
 
 Saturation: once the best fresh decrease is 0 (F at its global minimum, p < n picks), every remaining row ties.
-``fill="index"`` (official-compatible) keeps taking the lowest row ids; ``fill="ot"`` hands the saturated prefix to
-:func:`goracs.selection.goracs.fill.ot_fill`, which chooses the remaining rows for the uniform-mass POO.
+By default (``selection.greedy_fill=index``, official-compatible) the greedy keeps taking the lowest row ids;
+``stop_when_saturated=True`` returns the saturated prefix instead, for :func:`goracs.selection.goracs.fill.ot_fill`
+to choose the remaining rows for the uniform-mass POO.
 """
 
 from __future__ import annotations
@@ -28,19 +29,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from goracs.selection.goracs.fill import FILLS, ot_fill
-
 log = logging.getLogger(__name__)
 
 
 def greedy_init(cost: torch.Tensor, budget: int, *, chunk_size: int, batch: int = 32,
-                fill: str = "index") -> list[int]:
-    """Row indices of the greedy initial subset, in pick order (length ``budget``); ``fill``: see the module docstring."""
+                stop_when_saturated: bool = False) -> list[int]:
+    """Row indices of the greedy initial subset, in pick order: ``budget`` of them, or with ``stop_when_saturated`` the
+    picks made when every remaining gain is 0 (fewer than ``budget``; see the module docstring)."""
     n_rows, n_cols = cost.shape
     if not 0 < budget < n_rows:
         raise ValueError(f"greedy needs 0 < budget < pool size, got budget={budget}, pool={n_rows}")
-    if fill not in FILLS:
-        raise ValueError(f"selection.greedy_fill must be one of {list(FILLS)}, got {fill!r}")
     row_sums, nn_rows = _row_sums_and_nearest(cost, chunk_size)
     flag = len(np.unique(nn_rows)) > budget
     first = int(np.argmin(row_sums))
@@ -70,9 +68,10 @@ def greedy_init(cost: torch.Tensor, budget: int, *, chunk_size: int, batch: int 
             keep |= set([k for k in selected if k not in keep][: budget - len(keep)])
             return [k for k in selected if k in keep]
         pick, decrease = _pop_best(cost, col_min, heap, step=len(selected), batch=batch)
-        if fill == "ot" and decrease <= 0 and len(selected) < budget:  # saturated: F is at its minimum
+        if stop_when_saturated and decrease <= 0 and len(selected) < budget:  # F is at its global minimum
             progress.close()
-            return ot_fill(cost, selected, budget, chunk_size=chunk_size)
+            log.info("greedy saturated after %d picks (every further gain is 0)", len(selected))
+            return selected
         row = cost[pick]
         gained = row < col_min  # strict: an equal earlier row keeps the column, as argmin over S does
         if bool(gained.any()):

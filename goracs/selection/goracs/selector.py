@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from goracs.selection.goracs.cost import build_cost
-from goracs.selection.goracs.fill import FILLS
+from goracs.selection.goracs.fill import FILLS, ot_fill
 from goracs.selection.goracs.greedy import greedy_init, saturation_point
 from goracs.selection.goracs.label_enhanced import select_by_class
 from goracs.selection.goracs.ot import ExactOT, make_solver
@@ -125,17 +125,24 @@ class GoracsSelector:
         t0 = time.perf_counter()
         cost = build_cost(train, valid, grad_hat, self.lam, normalize_dist=normalize_dist,
                           chunk_size=self.chunk_size).values
+        poo_init = saturated = None
+        fill_s = 0.0
         if self.init == "greedy":
-            rows = greedy_init(cost, n, chunk_size=self.chunk_size, fill=self.greedy_fill)
+            rows = greedy_init(cost, n, chunk_size=self.chunk_size, stop_when_saturated=self.greedy_fill == "ot")
+            if len(rows) < n:  # saturated prefix: greedy_fill=ot chooses the rest
+                saturated, t_fill = len(rows), time.perf_counter()
+                rows, poo_init = ot_fill(cost, rows, n, chunk_size=self.chunk_size)
+                fill_s = time.perf_counter() - t_fill
+            else:  # picks after which every greedy gain was 0 (None: never, and greedy_fill changes nothing)
+                saturated = saturation_point(cost, rows, self.chunk_size)
         else:
             rows = rng.choice(cost.shape[0], size=n, replace=False).tolist()
         exact = ExactOT()
-        poo_init = exact.solve(cost[torch.as_tensor(rows, device=cost.device)])[0]
-        # picks after which every greedy gain was 0 (-1: never, and greedy_fill changes nothing)
-        saturated = saturation_point(cost, rows, self.chunk_size) if self.init == "greedy" else None
+        if poo_init is None:
+            poo_init = exact.solve(cost[torch.as_tensor(rows, device=cost.device)])[0]
         t1 = time.perf_counter()
         stats = {"poo_greedy": poo_init, "time_greedy_s": t1 - t0, "exchanges_accepted": 0, "exchanges_tried": 0,
-                 "greedy_saturated_at": -1 if saturated is None else saturated}
+                 "greedy_saturated_at": -1 if saturated is None else saturated, "time_fill_s": fill_s}
         traces = {"poo_trace": [poo_init]}
         log.info("GORACS %s init: POO %.6f (%.1f s)", self.init, poo_init, t1 - t0)
         if self.refine and self.max_iters > 0:
