@@ -52,12 +52,15 @@ def main() -> None:
     done = {}
     if args.resume and args.out and Path(args.out).exists():  # keep finished rows of an interrupted study
         done = {r["name"]: r for r in json.loads(Path(args.out).read_text()) if "error" not in r}
+    if args.only:  # keep the configurations whose name contains one of the given strings
+        configs = [c for c in configs if any(part in c["name"] for part in args.only)]
+    kept = [r for name, r in done.items() if name not in {c["name"] for c in configs}]  # other finished rows stay
     for cfg in configs:
         rows.append(done.get(cfg["name"]) or _child(cfg, args.timeout))
         log.info("%s", rows[-1])
         if args.out:  # after every row, so an interrupted study keeps what it measured
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(rows, indent=1))
+            Path(args.out).write_text(json.dumps(kept + rows, indent=1))
     print(_table(rows))
     print(ANCHOR)
 
@@ -126,6 +129,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads per run (0 = torch default); 1 avoids OpenMP spin-waits on a busy machine")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per configuration")
+    p.add_argument("--only", action="append", help="run only configurations whose name contains this (repeatable)")
     p.add_argument("--resume", action="store_true", help="reuse the rows already in --out (same names, no error)")
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "bench_goracs.json"))
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration (JSON) in this process
@@ -231,7 +235,7 @@ def _table(rows: list[dict]) -> str:
     from tabulate import tabulate
 
     cols = ["name", "N", "M", "n", "time_s", "cpu_s", "time_greedy_s", "time_refine_s", "time_prune_s", "time_solve_s",
-            "greedy_saturated_at", "poo_greedy", "poo_final",
+            "greedy_saturated_at", "time_fill_s", "poo_greedy", "poo_final",
             "exchanges_accepted", "exchanges_tried", "exchanges_screened", "peak_rss_gib", "lazy_greedy_s",
             "dense_greedy_s", "speedup", "identical_picks", "error"]
     used = [c for c in cols if any(c in r and r[c] is not None for r in rows)]

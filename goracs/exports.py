@@ -26,6 +26,7 @@ import pandas as pd
 from peft import PeftModel
 
 from goracs.cache import atomic_write
+from goracs.tasks import Task, as_task
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,11 @@ def save_adapter(model, folder: Path) -> Path:
     return folder
 
 
-def write_official_coreset(train: pd.DataFrame, indices, path: Path, *, task: str) -> Path:
+def write_official_coreset(train: pd.DataFrame, indices, path: Path, *, task: Task | str) -> Path:
     """Write rows ``indices`` (positions in ``train``, in that order) of the training split to ``path`` as the
-    official BIGRec (``task='seqrec'``) / TALLRec (``task='ctr'``) JSON list; returns ``path``."""
-    if task not in ("seqrec", "ctr"):
-        raise ValueError(f"task={task!r}: expected 'seqrec' or 'ctr'")
+    official BIGRec (SeqRec) / TALLRec (CTR) JSON list; returns ``path``. ``task``: a :class:`goracs.tasks.Task`
+    or its name."""
+    task = as_task(task)
     missing = [c for c in FIELDS if c not in train.columns]
     if missing:
         raise ValueError(f"the training samples lack the column(s) {missing} needed for the official format")
@@ -78,12 +79,13 @@ def write_official_coreset(train: pd.DataFrame, indices, path: Path, *, task: st
             raise ValueError(f"training sample {i} has non-text {bad}: {[row[f] for f in bad]}")
     text = json.dumps(rows, ensure_ascii=False, indent=4)
     atomic_write(Path(path), lambda p: p.write_text(text, encoding="utf-8"))
-    log.info("wrote %d of %d %s training samples in the official format to %s", len(rows), len(train), task, path)
+    log.info("wrote %d of %d %s training samples in the official format to %s", len(rows), len(train), task.name,
+             path)
     return Path(path)
 
 
 def export_selection(out_dir: Path, train: pd.DataFrame, indices, *, method: str, budget: int, seed: int,
-                     task: str) -> Path:
+                     task: Task | str) -> Path:
     """A job's selection outputs in ``out_dir``: ``selected_indices.json`` (``{"method", "budget", "seed",
     "indices"}``, positions in ``train``) and, when a sample was selected, ``coreset_official.json``
     (:func:`write_official_coreset`: the official scripts can train on the coreset); returns the indices file."""

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -14,11 +13,13 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from goracs import tracking
 from goracs.cache import config_key
+from goracs.config import build
+from goracs.config_dir import CONF_DIR  # Hydra's config_path: the checkout's conf/ or the wheel's copy
 from goracs.data import prepare_samples, sample_stats
 from goracs.errors import ConfigError, UserError, integer_option
 from goracs.evaluation.records import FILENAME, write_records
@@ -29,12 +30,6 @@ from goracs.sweep_summary import write_outcome
 
 log = logging.getLogger("goracs.run")
 
-# Hydra's config_path, absolute (any cwd): a checkout (told by its pyproject.toml, so a stray conf/ in site-packages
-# is never ours) uses the repository's conf/; a wheel install the copy shipped inside it as goracs/conf/.
-_CHECKOUT = Path(__file__).resolve().parents[1]
-_IN_CHECKOUT = (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "conf" / "config.yaml").is_file()
-CONF_DIR = str(_CHECKOUT / "conf" if _IN_CHECKOUT else Path(__file__).resolve().parent / "conf")
-
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
@@ -44,6 +39,7 @@ def main(cfg: DictConfig) -> float | None:
     every job's outcome and exits 1 when one failed."""
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     job_dir = HydraConfig.get().runtime.output_dir
+    task = get_class(cfg.task._target_)  # its objective and direction (class attributes): what the sweeper gets
     try:
         metrics = run(cfg)
     except Exception as e:
@@ -57,10 +53,10 @@ def main(cfg: DictConfig) -> float | None:
         else:
             log.exception("job failed, the sweep goes on")
         write_outcome(job_dir, "failed", e)
-        return math.inf  # recorded as failed in metrics.json; the worst objective for a minimising sweeper
+        return sweep_objective(None, task)  # recorded as failed in metrics.json; the worst objective
     if multirun:
         write_outcome(job_dir, "skipped" if metrics.get("skipped") else "ok")
-    return sweep_objective(metrics)
+    return sweep_objective(metrics, task)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -73,6 +69,9 @@ def run(cfg: DictConfig) -> dict:
     if cfg.stage not in ("data", "select", "all"):
         raise ConfigError(f"stage={cfg.stage}: expected data, select or all")
     job = OmegaConf.to_container(cfg, resolve=True)  # the resolved config; its nodes go to the stages as plain dicts
+    # The task's keys without its class (`_target_`): the caches and config_key hash the keys, as before tasks were
+    # objects (a task is named by its name).
+    job["task"] = {k: v for k, v in job["task"].items() if k != "_target_"}
     identity = {"data": cfg.data.name, "task": cfg.task.name, "model": cfg.model.name,
                 "selection": hc.runtime.choices.get("selection"), "budget": int(cfg.budget), "seed": int(cfg.seed),
                 "experiment": cfg.experiment_name}
@@ -95,8 +94,9 @@ def run(cfg: DictConfig) -> dict:
 
 def _stages(cfg: DictConfig, job: dict, record: RunRecord, loggers: list) -> dict:
     t0, out_dir, cache_dir = time.perf_counter(), Path(cfg.paths.output_dir), Path(cfg.paths.cache_dir)
-    samples = prepare_samples(data=job["data"], task=job["task"], seed=int(cfg.data_seed), cache_dir=cache_dir)
-    stats = sample_stats(samples)
+    task = build(cfg.task, "task")  # a goracs.tasks.Task: every stage gets it (prompts, encoding, loss, metrics)
+    samples = prepare_samples(data=job["data"], task=task, seed=int(cfg.data_seed), cache_dir=cache_dir)
+    stats = sample_stats(samples, task)
     record.update({"time/data_s": time.perf_counter() - t0, **{f"data/{k}": v for k, v in stats.items()}})
     if cfg.stage == "data":
         return record.done(f"{cfg.data.name} / {cfg.task.name}", stats)
@@ -106,15 +106,19 @@ def _stages(cfg: DictConfig, job: dict, record: RunRecord, loggers: list) -> dic
     t0 = time.perf_counter()
     from goracs.exports import export_selection  # torch, peft: imported here, their import time in time/select_s
     from goracs.features import FeatureStore
+    # The stage nodes' _target_s (FeatureConfig, TrainerConfig, a partial evaluate), built before any feature is
+    # computed, so that a mistyped key of a later stage fails now.
+    features, trainer, evaluate = (build(job[name], name) for name in ("features", "trainer", "eval"))
     store = FeatureStore(samples, instantiate(cfg.model.backbone), instantiate(cfg.model.lora), cfg.model.lora_init,
-                         faithful=bool(cfg.task.faithful_prompts), config=job["features"], cache_dir=cache_dir)
-    pool, selector = build_pool(samples, store), instantiate(cfg.selection)  # features are computed when asked for
+                         faithful=task.faithful_prompts, config=features, cache_dir=cache_dir,
+                         task=task)
+    pool, selector = build_pool(samples, store, task), instantiate(cfg.selection)  # features: computed when asked
     method = HydraConfig.get().runtime.choices.get("selection")
     identity = {**{k: job[k] for k in ("data", "task", "selection")}, "data_seed": int(cfg.data_seed),
                 "method": method}  # with the model, feature values, budget and seed: the selection cache's key
     result = cached_select(selector, pool, int(cfg.budget), seed=int(cfg.seed), identity=identity, cache_dir=cache_dir)
     indices_path = export_selection(out_dir, samples.train, result.indices, method=method, budget=cfg.budget,
-                                    seed=cfg.seed, task=cfg.task.name)
+                                    seed=cfg.seed, task=task)
     store.release()  # the feature backbone is not needed for fine-tuning, which loads its own copy
     record.update(selection_metrics(result, features_s=store.seconds,
                                     select_s=time.perf_counter() - t0 - store.seconds))
@@ -123,20 +127,19 @@ def _stages(cfg: DictConfig, job: dict, record: RunRecord, loggers: list) -> dic
         summary = {**{f"select/{k}": v for k, v in result.stats.items()}, "n_selected": len(result.indices)}
         return record.done(f"selection {method}, budget {cfg.budget}", summary)
 
-    from goracs.evaluation.evaluate import evaluate
     from goracs.models.coreset_training import train_on_coreset
 
     t0 = time.perf_counter()
     backbone = instantiate(cfg.model.backbone)
     model, tokenizer, fit = train_on_coreset(
         backbone, samples, result.indices, lora=instantiate(cfg.model.lora), lora_init=cfg.model.lora_init,
-        lora_seed=int(cfg.features.lora_seed), task=cfg.task.name, faithful=bool(cfg.task.faithful_prompts),
-        trainer=job["trainer"], loggers=loggers, out_dir=out_dir, seed=int(cfg.seed), resume=bool(cfg.resume))
+        lora_seed=int(cfg.features.lora_seed), task=task, faithful=task.faithful_prompts,
+        trainer=trainer, loggers=loggers, out_dir=out_dir, seed=int(cfg.seed), resume=bool(cfg.resume))
     t1 = time.perf_counter()
-    evaluation = evaluate(model, tokenizer, samples.test, samples.items, task=cfg.task.name,
-                          faithful=bool(cfg.task.faithful_prompts), cache_dir=cfg.paths.cache_dir,
+    evaluation = evaluate(model, tokenizer, samples.test, samples.items, task=task,
+                          faithful=task.faithful_prompts, cache_dir=cfg.paths.cache_dir,
                           # The base model only (the adapter is off for title embeddings): the fingerprint's backbone.
-                          model_key=config_key(backbone.spec()), **job["eval"])
+                          model_key=config_key(backbone.spec()))
     write_records(evaluation.records, out_dir / FILENAME)
     timings = {"time/train_s": t1 - t0, "time/eval_s": time.perf_counter() - t1, **fit}
     test_metrics = {f"test/{k}": v for k, v in evaluation.metrics.items()}

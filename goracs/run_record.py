@@ -101,13 +101,19 @@ class RunRecord:
         atomic_write(self.path, lambda p: p.write_text(text + "\n"))
 
 
-def sweep_objective(metrics: dict | None) -> float:
-    """What a Hydra sweeper minimises: the job's best validation loss (``train/best_val_loss``), never a test
-    metric, so tuning cannot leak the test set. ``+inf`` (the worst value, never the best trial) when the job failed
-    or did not validate (``selection=none``, an empty validation split): Optuna 2.x refuses a NaN objective and would
-    end the whole search."""
-    value = (metrics or {}).get("train/best_val_loss")
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+def sweep_objective(metrics: dict | None, task: Any = None) -> float:
+    """What a Hydra sweeper optimises: the task's ``objective`` in its ``objective_direction``
+    (:class:`goracs.tasks.Task`, or its class; default and both built-in tasks: the job's best validation loss
+    ``train/best_val_loss``, minimised), never a test metric, so tuning cannot leak the test set. The worst value
+    (``+inf`` when minimising, ``-inf`` when maximising: never the best trial) when the job failed or did not
+    validate (``selection=none``, an empty validation split): Optuna 2.x refuses a NaN objective and would end the
+    whole search."""
+    key, direction = ("train/best_val_loss", "minimize") if task is None else (task.objective,
+                                                                                task.objective_direction)
+    value = (metrics or {}).get(key)
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return -math.inf if direction == "maximize" else math.inf
 
 
 def variant(overrides: Iterable[str]) -> str:
@@ -134,11 +140,25 @@ def summary_table(title: str, values: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+CONSTRUCTION_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_")
+
+
 def job_key(job_config: dict[str, Any]) -> str:
-    """Hash of the resolved job config without the keys that do not change results (logger, paths, resume)."""
-    ignored = ("logger", "paths", "resume", "hydra", "tags", "experiment_name")
-    relevant = {k: v for k, v in job_config.items() if k not in ignored}
+    """Hash of the resolved job config without what does not change results: the logger, paths, resume, Hydra's own
+    node, Hydra's construction keys (``_target_`` and friends: how a node is built, not what it computes) and the
+    top-level ``cutoff_len`` (its value is already in every node that reads it), so that how a node is built can change
+    without re-running finished jobs. A new value-determining option (a new default) does change the key."""
+    ignored = ("logger", "paths", "resume", "hydra", "tags", "experiment_name", "cutoff_len")
+    relevant = {k: _values(v) for k, v in job_config.items() if k not in ignored}
     return config_key(relevant)
+
+
+def _values(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _values(v) for k, v in node.items() if k not in CONSTRUCTION_KEYS}
+    if isinstance(node, list):
+        return [_values(v) for v in node]
+    return node
 
 
 def git_sha(root: Path) -> str:

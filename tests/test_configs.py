@@ -8,8 +8,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from goracs.config import build
 from goracs.features.config import FeatureConfig
-from goracs.models.finetune import TRAINER_KEYS
+from goracs.models.finetune import TrainerConfig
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -25,8 +26,12 @@ def test_experiment_composes_into_valid_stage_options(experiment):
     # The paper runs need the user's RoBERTa folder (see their header comment); any path passes validation.
     extra = ["features.encoder_path=/models/roberta-base"] if experiment.startswith("paper_") else []
     cfg = _compose([f"experiment={experiment}", *extra])
-    FeatureConfig.from_mapping(OmegaConf.to_container(cfg.features, resolve=True))
-    assert set(cfg.trainer) == set(TRAINER_KEYS)
+    job = OmegaConf.to_container(cfg, resolve=False)
+    for name in ("features", "trainer", "eval"):  # interpolations resolved against the whole config
+        job[name] = OmegaConf.to_container(cfg[name], resolve=True)
+    assert isinstance(build(job["features"], "features"), FeatureConfig)
+    assert isinstance(build(job["trainer"], "trainer"), TrainerConfig)
+    assert callable(build(job["eval"], "eval"))
     if experiment.startswith("paper_"):  # GPU runs: the GPU feature and evaluation groups
         assert cfg.features.device == "cuda" and cfg.features.batch_size == 64
         assert cfg.eval.device == "cuda" and cfg.eval.candidate_batch_size == 100

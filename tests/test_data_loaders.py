@@ -150,7 +150,10 @@ def test_data_configs_are_airtight(yaml_path: Path):
 def test_task_configs():
     for name in ("seqrec", "ctr"):
         task = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "task" / f"{name}.yaml"))
+        target = task.pop("_target_")  # the task's class; its keys are the constructor's parameters
         assert task == {"name": name, "faithful_prompts": True, "like_threshold": 3}
+        module, _, cls = target.rpartition(".")
+        assert set(inspect.signature(getattr(importlib.import_module(module), cls)).parameters) == set(task)
 
 
 def test_shared_presets_resolve():  # paths only, nothing is read: no need for the files themselves

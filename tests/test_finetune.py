@@ -3,7 +3,9 @@ checkpoints, trainer configs, and a 2-process DDP fit on CPU."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from functools import lru_cache
 from pathlib import Path
 
 from adapter_steps import adapter_losses
@@ -11,13 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from peft import LoraConfig
 
 from goracs.models.backbone import TinyLlamaBackbone
 from goracs.models.datamodule import RecDataModule
 from goracs.models.encoding import IGNORE, answer_token_ids, prompt_text
-from goracs.models.finetune import TRAINER_KEYS, fine_tune
+from goracs.models.finetune import TrainerConfig, fine_tune
 from goracs.models.lora import attach_lora
 from goracs.models.module import LoraRecModule
 
@@ -54,8 +57,15 @@ def tiny_model(frames: list[pd.DataFrame], task: str):
     return attach_lora(model, lora), tok
 
 
+@lru_cache(maxsize=None)
+def _composed_trainer(name: str) -> str:
+    """The resolved ``trainer`` node of ``trainer=<name>`` (its cutoff_len interpolates the top-level one), as yaml."""
+    with initialize_config_dir(config_dir=str(CONF.parent), version_base="1.3"):
+        return OmegaConf.to_yaml(compose("config", overrides=[f"trainer={name}"]).trainer, resolve=True)
+
+
 def trainer_conf(name: str = "cpu", **overrides) -> dict:
-    conf = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
+    conf = OmegaConf.to_container(OmegaConf.create(_composed_trainer(name)))
     conf["lightning"].update({"enable_progress_bar": False, "logger": False})
     lightning = overrides.pop("lightning", {})
     conf["lightning"].update(lightning)
@@ -181,9 +191,11 @@ def test_batches_are_left_padded():
 
 @pytest.mark.parametrize("name", ["cpu", "gpu", "ddp", "fsdp"])
 def test_trainer_configs_have_exactly_the_expected_keys(name):
-    conf = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
-    assert list(conf) == list(TRAINER_KEYS)
+    conf = trainer_conf(name)
+    assert conf.pop("_target_") == "goracs.models.finetune.TrainerConfig"
+    assert list(conf) == [f.name for f in dataclasses.fields(TrainerConfig)]
     assert conf["lightning"]["_target_"] == "lightning.pytorch.Trainer"
+    assert TrainerConfig.of(trainer_conf(name)).cutoff_len == 512  # the top-level cutoff_len
 
 
 def test_fsdp_strategy_node_instantiates():
@@ -197,9 +209,16 @@ def test_fsdp_strategy_node_instantiates():
 def test_bad_trainer_config_names_the_key(tmp_path):
     train = make_samples(4, "seqrec", 0)
     model, tok = tiny_model([train], "seqrec")
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['learning_rate'\]"):
+    with pytest.raises(ValueError, match=r"trainer\.learning_rate: unknown option; expected one of \[.*'lr'"):
         fine_tune(model, tok, train, train, task="seqrec", faithful=True,
                   trainer={**trainer_conf(), "learning_rate": 1e-3}, out_dir=tmp_path, seed=0)
+    no_patience = {k: v for k, v in trainer_conf().items() if k != "patience"}
+    with pytest.raises(ValueError, match=r"trainer\.patience: missing"):
+        fine_tune(model, tok, train, train, task="seqrec", faithful=True, trainer=no_patience, out_dir=tmp_path,
+                  seed=0)
+    with pytest.raises(ValueError, match=r"trainer\.patience=0: expected >= 1"):
+        fine_tune(model, tok, train, train, task="seqrec", faithful=True, trainer=trainer_conf(patience=0),
+                  out_dir=tmp_path, seed=0)
     with pytest.raises(ValueError, match="training set is empty"):
         fine_tune(model, tok, train.iloc[:0], train, task="seqrec", faithful=True, trainer=trainer_conf(),
                   out_dir=tmp_path, seed=0)

@@ -29,3 +29,13 @@ def test_sweep_objective_is_the_validation_loss_or_inf():
 def test_summary_table_text():
     text = summary_table("selection el2n, budget 4", {"select/time_s": 0.00041, "n_selected": 4, "trace": [1.0]})
     assert text == ("\nselection el2n, budget 4\n-------------------------\nselect/time_s  0.0004\nn_selected     4")
+
+
+def test_job_key_ignores_how_nodes_are_built_but_not_their_values():
+    from goracs.run_record import job_key
+
+    job = {"features": {"batch_size": 8, "cutoff_len": 512}, "selection": {"lam": 0.1}, "cutoff_len": 512}
+    built = {"features": {"_target_": "goracs.features.config.FeatureConfig", "batch_size": 8, "cutoff_len": 512},
+             "selection": {"_target_": "x.Y", "_partial_": True, "lam": 0.1}}
+    assert job_key(job) == job_key(built)
+    assert job_key(job) != job_key({**job, "selection": {"lam": 0.2}})

@@ -12,6 +12,7 @@ from goracs.cache import DiskCache, config_key
 from goracs.data.samples import SampleOptions, Samples, build_samples, validate_options
 from goracs.data.store import read_samples, write_samples
 from goracs.data.tables import clean_tables
+from goracs.tasks import Task, as_task
 
 log = logging.getLogger(__name__)
 
@@ -19,15 +20,16 @@ _TABLE_KEYS = {"name", "domain", "source", "min_title_len", "append_brand"}
 _OPTION_KEYS = {f.name for f in dataclasses.fields(SampleOptions)}
 
 
-def prepare_samples(data: dict[str, Any], task: dict[str, Any], seed: int, cache_dir: str | Path | None) -> Samples:
+def prepare_samples(data: dict[str, Any], task: Task | dict[str, Any], seed: int,
+                    cache_dir: str | Path | None) -> Samples:
     """Load, clean and window the data set described by ``data``, for the task described by ``task``.
 
     ``data`` (``OmegaConf.to_container(cfg.data, resolve=True)``): ``name``, ``domain``, ``source`` (a node with
     ``_target_`` giving a ``TableSource``), the title rules ``min_title_len`` (keep titles longer than this, default
-    1) and ``append_brand`` (default false), and the ``SampleOptions`` keys. ``task``: ``name`` (seqrec | ctr),
-    ``faithful_prompts`` (default true) and ``like_threshold`` (label = rating > it, default 3); other task keys
-    are ignored. The result is cached under ``cache_dir/samples/<key>.jsonl.gz``, the key hashing ``data``, those
-    three task keys and ``seed`` (``cache_dir=None`` disables the cache).
+    1) and ``append_brand`` (default false), and the ``SampleOptions`` keys. ``task``: a :class:`goracs.tasks.Task`
+    or its config mapping (:func:`goracs.tasks.as_task`), whose ``name``, ``faithful_prompts`` and ``like_threshold``
+    (label = rating > it) matter here. The result is cached under ``cache_dir/samples/<key>.jsonl.gz``, the key
+    hashing ``data``, those three task keys and ``seed`` (``cache_dir=None`` disables the cache).
     """
     unknown = set(data) - _TABLE_KEYS - _OPTION_KEYS
     if unknown:
@@ -35,24 +37,23 @@ def prepare_samples(data: dict[str, Any], task: dict[str, Any], seed: int, cache
     for required in ("name", "domain", "source"):
         if required not in data:
             raise ValueError(f"data.{required} is missing from the data config")
-    task_name = task.get("name")
-    faithful = bool(task.get("faithful_prompts", True))
-    like_threshold = float(task.get("like_threshold", 3))
+    task = as_task(task)
+    task_name, faithful, like_threshold = task.name, bool(task.faithful_prompts), float(task.like_threshold)
     spec = {"data": data, "task": {"name": task_name, "faithful_prompts": faithful, "like_threshold": like_threshold},
             "seed": int(seed)}
     options = SampleOptions(**{k: v for k, v in data.items() if k in _OPTION_KEYS})
-    validate_options(options, task=str(task_name), domain=data["domain"])
+    validate_options(options, domain=data["domain"])
     cache = DiskCache(cache_dir) if cache_dir is not None else None
     key = config_key(spec)
     if cache is not None and (hit := cache.lookup("samples", key, "jsonl.gz")) is not None:
         log.info("samples for %s/%s: cache hit %s", data["name"], task_name, hit)
-        return read_samples(hit, like_threshold=like_threshold, faithful=faithful)
+        return read_samples(hit, like_threshold=like_threshold, faithful=faithful, task=task)
 
     start = time.perf_counter()
     source = _instantiate(data["source"])
     tables = clean_tables(source.load(), min_title_len=int(data.get("min_title_len", 1)),
                           append_brand=bool(data.get("append_brand", False)), name=data["name"])
-    samples = build_samples(tables, task=str(task_name), domain=data["domain"], name=data["name"],
+    samples = build_samples(tables, task=task, domain=data["domain"], name=data["name"],
                             like_threshold=like_threshold, faithful=faithful, options=options, seed=int(seed))
     log.info("samples for %s/%s built in %.1f s: %d train, %d valid, %d test", data["name"], task_name,
              time.perf_counter() - start, len(samples.train), len(samples.valid), len(samples.test))

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from goracs.data.instructions import ctr_fields, domain_text, seqrec_fields
+from goracs.data.instructions import domain_text
 from goracs.data.negatives import sample_negatives
 from goracs.data.tables import Tables
+from goracs.tasks import Task, as_task
 
 SPLITS = ("train", "valid", "test")
-TASKS = ("seqrec", "ctr")
 COLUMNS = ["user", "item", "rating", "timestamp", "history", "history_ratings", "label", "instruction", "input",
            "output", "negatives", "targets"]
 
@@ -35,7 +35,7 @@ class Samples:
     Split columns (``COLUMNS``): user, item (target id), rating (float or NaN), timestamp (int), history (ids, oldest
     first, <= history_len), history_ratings, label (int, rating > like_threshold; 1 when unrated), instruction,
     input, output (str), negatives (SeqRec test: n_negatives ids; else []), targets ([item], or every DEALRec test
-    item).
+    item). ``task`` is the task's name (:class:`goracs.tasks.Task`), as data.
 
     ``table_stats`` holds the counts of the cleaned interactions table (``users``, ``items``, ``interactions``),
     computed at build time because the table itself is not kept.
@@ -68,16 +68,15 @@ class SampleOptions:
     max_test: int | None = None
 
 
-def build_samples(tables: Tables, *, task: str, domain: str, name: str, like_threshold: float, faithful: bool,
-                  options: SampleOptions, seed: int) -> Samples:
-    """Build all three splits from cleaned tables (see the module docstring for the rules)."""
-    validate_options(options, task=task, domain=domain)
+def build_samples(tables: Tables, *, task: Task | str, domain: str, name: str, like_threshold: float,
+                  faithful: bool, options: SampleOptions, seed: int) -> Samples:
+    """Build all three splits from cleaned tables for ``task`` (a :class:`goracs.tasks.Task` or its name; see the
+    module docstring for the rules)."""
+    task = as_task(task)
+    validate_options(options, domain=domain)
     text = domain_text(domain)
     inter = tables.interactions
-    if task == "ctr" and (tables.presplit or inter["rating"].isna().any()):
-        raise ValueError(f"task=ctr needs a rating for every interaction, but data '{name}' has none "
-                         f"({'DEALRec sequences carry no ratings' if tables.presplit else 'missing ratings'}); "
-                         "use task=seqrec")
+    task.check_tables(tables, name)
     if tables.presplit and (options.valid_size is not None or options.test_size is not None):
         raise ValueError(f"data '{name}' fixes its own split; data.valid_size and data.test_size must be null")
     core = _windows(inter, options)
@@ -89,21 +88,19 @@ def build_samples(tables: Tables, *, task: str, domain: str, name: str, like_thr
     for index, split in enumerate(SPLITS):
         splits[split] = _cap(splits[split], caps[split], np.random.default_rng([seed, index]), split)
     catalogue = tables.items["item"].astype(str).to_numpy()
-    if task == "seqrec":
+    if task.test_negatives:
         splits["test"] = _with_negatives(splits["test"], inter, catalogue, options.n_negatives, seed)
     titles = dict(zip(catalogue, tables.items["title"]))
     frames = {s: add_prompt_fields(df.drop(columns="position").reset_index(drop=True), titles, task=task, text=text,
                                    like_threshold=like_threshold, faithful=faithful)
               for s, df in splits.items()}
     stats = {"users": int(inter["user"].nunique()), "items": len(catalogue), "interactions": len(inter)}
-    return Samples(**frames, items=tables.items.reset_index(drop=True), task=task, domain=domain, name=name,
+    return Samples(**frames, items=tables.items.reset_index(drop=True), task=task.name, domain=domain, name=name,
                    table_stats=stats)
 
 
-def validate_options(options: SampleOptions, *, task: str, domain: str) -> None:
+def validate_options(options: SampleOptions, *, domain: str) -> None:
     """Cheap checks run before any file is read, so a typo fails in milliseconds with the option's name."""
-    if task not in TASKS:
-        raise ValueError(f"task.name={task!r} is unknown; expected one of {list(TASKS)}")
     domain_text(domain)
     for key in ("history_len", "n_negatives"):
         value = getattr(options, key)
@@ -121,9 +118,11 @@ def validate_options(options: SampleOptions, *, task: str, domain: str) -> None:
             raise ValueError(f"data.max_{split}={cap!r}; expected a positive sample count or null")
 
 
-def add_prompt_fields(df: pd.DataFrame, titles: dict[str, str], *, task: str, text, like_threshold: float,
+def add_prompt_fields(df: pd.DataFrame, titles: dict[str, str], *, task: Task | str, text, like_threshold: float,
                       faithful: bool) -> pd.DataFrame:
-    """Add ``label``, ``instruction``, ``input``, ``output`` (and ``negatives = []`` where absent) to core columns."""
+    """Add ``label``, ``instruction``, ``input``, ``output`` (the task's :meth:`~goracs.tasks.Task.prompt_fields`;
+    and ``negatives = []`` where absent) to core columns."""
+    task = as_task(task)
     df = df.copy()
     rating = df["rating"].to_numpy(dtype=float)
     df["label"] = np.where(np.isnan(rating), 1, rating > like_threshold).astype(np.int64)
@@ -132,12 +131,8 @@ def add_prompt_fields(df: pd.DataFrame, titles: dict[str, str], *, task: str, te
     fields = []
     for hist, hrat, item, label in zip(df["history"], df["history_ratings"], df["item"], df["label"].tolist()):
         names = list(map(titles.__getitem__, hist))
-        if task == "seqrec":
-            fields.append(seqrec_fields(text, names, titles[item], faithful=faithful))
-        else:
-            liked = [t for t, r in zip(names, hrat) if r > like_threshold]
-            disliked = [t for t, r in zip(names, hrat) if not r > like_threshold]
-            fields.append(ctr_fields(text, liked, disliked, titles[item], int(label)))
+        fields.append(task.prompt_fields(text, names, hrat, titles[item], label, like_threshold=like_threshold,
+                                         faithful=faithful))
     cols = list(zip(*fields)) if fields else ([], [], [])
     df["instruction"], df["input"], df["output"] = (list(c) for c in cols)
     return df[COLUMNS]

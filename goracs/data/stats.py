@@ -5,12 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from goracs.data.samples import SPLITS, Samples
+from goracs.tasks import Task, as_task
 
 
-def sample_stats(samples: Samples) -> dict:
+def sample_stats(samples: Samples, task: Task | None = None) -> dict:
     """Flat dict: ``users``, ``items``, ``interactions`` (cleaned table), ``samples_{train,valid,test}``,
-    ``mean_history_len`` (items per sample, all splits) and, for task ctr, ``positive_rate`` (share of label 1 over
-    all samples) plus ``positive_rate_{split}``."""
+    ``mean_history_len`` (items per sample, all splits) and, for a task with class labels (CTR,
+    :meth:`goracs.tasks.Task.class_labels`), ``positive_rate`` (share of label 1 over all samples) plus
+    ``positive_rate_{split}``. ``task``: default, looked up by ``samples.task``."""
+    task = as_task(samples.task if task is None else task)
     stats = dict(samples.table_stats)
     lengths = []
     for split in SPLITS:
@@ -18,10 +21,10 @@ def sample_stats(samples: Samples) -> dict:
         stats[f"samples_{split}"] = len(df)
         lengths.extend(len(h) for h in df["history"])
     stats["mean_history_len"] = float(np.mean(lengths)) if lengths else 0.0
-    if samples.task == "ctr":
-        labels = np.concatenate([samples.split(s)["label"].to_numpy() for s in SPLITS])
+    classes = {split: task.class_labels(samples.split(split)) for split in SPLITS}
+    if all(c is not None for c in classes.values()):
+        labels = np.concatenate(list(classes.values()))
         stats["positive_rate"] = float(labels.mean()) if len(labels) else float("nan")
-        for split in SPLITS:
-            lab = samples.split(split)["label"].to_numpy()
+        for split, lab in classes.items():
             stats[f"positive_rate_{split}"] = float(lab.mean()) if len(lab) else float("nan")
     return stats

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from goracs.evaluation.records import logloss_per_sample, metrics_from_records
+from goracs.evaluation.records import classification_metrics, logloss_per_sample
 from goracs.models.encoding import answer_token_ids, collate_left, encode_prompt, p_yes
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def ctr_metrics(labels: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """``auc`` (ROC AUC of P(Yes); NaN with a warning when the labels have one class), ``logloss``
     = -mean(y log p + (1 - y) log(1 - p)) with p clipped to [EPS, 1 - EPS], ``accuracy`` = mean(1[p > 0.5] == y).
     The formulas live in :mod:`goracs.evaluation.records` (per-sample rows), shared with the report's bootstrap."""
-    metrics = metrics_from_records(ctr_records(labels, p), "ctr")
+    metrics = classification_metrics(ctr_records(labels, p))
     return {k: metrics[k] for k in ("auc", "logloss", "accuracy")}
 
 

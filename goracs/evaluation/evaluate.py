@@ -1,5 +1,6 @@
 """One entry for the evaluation stage: ``evaluate`` (test loss; SeqRec: BIGRec grounding and/or likelihood ranking;
-CTR: TALLRec P(Yes)), returning metrics and per-sample records."""
+CTR: TALLRec P(Yes)), returning metrics and per-sample records. What a task adds to the records and the metrics it
+computes from them are the task's (:meth:`goracs.tasks.Task.test_records`, :meth:`goracs.tasks.Task.metrics`)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,10 @@ from tqdm.auto import tqdm
 
 from goracs.cache import DiskCache, config_key
 from goracs.data.instructions import seqrec_response
-from goracs.evaluation.ctr import ctr_records, predict_p_yes
 from goracs.evaluation.grounding import (catalogue_positions, clean_text, embed_texts, generate, ground_ranks,
                                          title_groups)
 from goracs.evaluation.likelihood import candidate_scores, likelihood_rank, response_losses
-from goracs.evaluation.records import metrics_from_records
-from goracs.models.encoding import prompt_text
+from goracs.tasks import Task, as_task
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class Evaluation:
     records: pd.DataFrame
 
 
-def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task: str, faithful: bool,
+def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task: Task | str, faithful: bool,
              num_beams: int, max_new_tokens: int, batch_size: int, topk: Sequence[int], cutoff_len: int,
              embed_batch_size: int = 64, ranking: str = "grounding", ranking_rows: int | None = None,
              candidate_batch_size: int = 32, device: str | None = None, cache_dir: str | Path | None = None,
@@ -63,6 +62,7 @@ def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task:
     catalogue's title embeddings, which depend on the base model only (the adapter is disabled), across the jobs
     of a sweep.
     """
+    task = as_task(task)
     if len(test) == 0:
         raise ValueError("the test set is empty: nothing to evaluate")
     if ranking not in RANKINGS:
@@ -80,32 +80,47 @@ def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task:
     records = pd.DataFrame({"row": np.arange(len(rows), dtype=np.int64), "user": test["user"].astype(str).to_numpy(),
                             "item": test["item"].astype(str).to_numpy(),
                             "targets": [[str(t) for t in _targets(r)] for r in rows]})
-    if task == "seqrec":
-        if not topk or any(int(k) < 1 for k in topk):
-            raise ValueError(f"eval.topk={list(topk)}: expected a non-empty list of cut-offs >= 1")
-        train_prompts = [prompt_text(r, "seqrec", purpose="train", faithful=faithful) for r in rows]
-        records["loss"] = response_losses(model, tokenizer, train_prompts, [r["output"] for r in rows],
-                                          batch_size=batch_size, cutoff_len=cutoff_len)
-        ranked = ranked_rows(len(rows), ranking_rows)
-        candidates = _candidate_columns(rows, items)
-        if ranking in ("grounding", "both"):
-            _ground(records, model, tokenizer, rows, items, candidates, ranked, faithful=faithful,
-                    num_beams=num_beams, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    cutoff_len=cutoff_len, embed_batch_size=embed_batch_size,
-                    title_cache=(DiskCache(cache_dir), model_key) if cache_dir and model_key else None)
-        if ranking in ("likelihood", "both"):
-            _likelihood_ranks(records, model, tokenizer, rows, items, candidates, ranked, faithful=faithful,
-                              cutoff_len=cutoff_len, candidate_batch_size=candidate_batch_size)
-    elif task == "ctr":
-        prompts = [prompt_text(r, "ctr", purpose="infer", faithful=faithful) for r in rows]
-        p = predict_p_yes(model, tokenizer, prompts, batch_size=batch_size, cutoff_len=cutoff_len)
-        records = pd.concat([records, ctr_records(test["label"].to_numpy(), p)], axis=1)
-    else:
-        raise ValueError(f"task={task!r}: expected 'seqrec' or 'ctr'")
-    metrics = metrics_from_records(records, task, topk)
-    log.info("evaluated %d %s test samples in %.1f s: %s", len(test), task, time.perf_counter() - t0,
+    records = task.test_records(model, tokenizer, test, items, records, faithful=faithful, options=dict(
+        num_beams=num_beams, max_new_tokens=max_new_tokens, batch_size=batch_size, topk=topk, cutoff_len=cutoff_len,
+        embed_batch_size=embed_batch_size, ranking=ranking, ranking_rows=ranking_rows,
+        candidate_batch_size=candidate_batch_size, cache_dir=cache_dir, model_key=model_key))
+    metrics = task.metrics(records, topk)
+    log.info("evaluated %d %s test samples in %.1f s: %s", len(test), task.name, time.perf_counter() - t0,
              ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return Evaluation(metrics, records)
+
+
+def _targets(row: dict) -> list:
+    targets = row.get("targets")
+    return list(targets) if targets is not None and len(targets) else [row["item"]]
+
+
+def seqrec_records(task, model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, records: pd.DataFrame, *,
+                   faithful: bool, num_beams: int, max_new_tokens: int, batch_size: int, topk: Sequence[int],
+                   cutoff_len: int, embed_batch_size: int = 64, ranking: str = "grounding",
+                   ranking_rows: int | None = None, candidate_batch_size: int = 32,
+                   cache_dir: str | Path | None = None, model_key: str | None = None) -> pd.DataFrame:
+    """SeqRec test records (:meth:`goracs.tasks.SeqRecTask.test_records`): ``records`` with the SeqRec columns added
+    (``loss``; ``generated``, ``exact``, ``rank``, ``rank_full`` for grounding; ``rank_ll`` for likelihood); ``task``
+    gives the prompts (:meth:`goracs.tasks.SeqRecTask.prompt`). The options are those of :func:`evaluate`."""
+    if not topk or any(int(k) < 1 for k in topk):
+        raise ValueError(f"eval.topk={list(topk)}: expected a non-empty list of cut-offs >= 1")
+    rows = test.to_dict("records")
+    train_prompts = [task.prompt(r, purpose="train", faithful=faithful) for r in rows]
+    records["loss"] = response_losses(model, tokenizer, train_prompts, [r["output"] for r in rows],
+                                      batch_size=batch_size, cutoff_len=cutoff_len)
+    ranked = ranked_rows(len(rows), ranking_rows)
+    candidates = _candidate_columns(rows, items)
+    prompts = [task.prompt(rows[i], purpose="infer", faithful=faithful) for i in ranked]
+    if ranking in ("grounding", "both"):
+        _ground(records, model, tokenizer, prompts, items, candidates, ranked, num_beams=num_beams,
+                max_new_tokens=max_new_tokens, batch_size=batch_size, cutoff_len=cutoff_len,
+                embed_batch_size=embed_batch_size,
+                title_cache=(DiskCache(cache_dir), model_key) if cache_dir and model_key else None)
+    if ranking in ("likelihood", "both"):
+        _likelihood_ranks(records, model, tokenizer, prompts, items, candidates, ranked, cutoff_len=cutoff_len,
+                          candidate_batch_size=candidate_batch_size)
+    return records
 
 
 def ranked_rows(n: int, limit: int | None) -> np.ndarray:
@@ -116,13 +131,13 @@ def ranked_rows(n: int, limit: int | None) -> np.ndarray:
     return np.sort(np.random.default_rng(0).permutation(n)[:int(limit)])
 
 
-def _ground(records: pd.DataFrame, model, tokenizer, rows: list[dict], items: pd.DataFrame,
-            candidates: tuple[list[np.ndarray], list[np.ndarray]], ranked: np.ndarray, *, faithful: bool,
-            num_beams: int, max_new_tokens: int, batch_size: int, cutoff_len: int, embed_batch_size: int,
+def _ground(records: pd.DataFrame, model, tokenizer, prompts: list[str], items: pd.DataFrame,
+            candidates: tuple[list[np.ndarray], list[np.ndarray]], ranked: np.ndarray, *, num_beams: int,
+            max_new_tokens: int, batch_size: int, cutoff_len: int, embed_batch_size: int,
             title_cache: tuple[DiskCache, str] | None) -> None:
-    """BIGRec grounding on the ``ranked`` rows: adds ``generated``, ``exact``, ``rank``, ``rank_full``."""
+    """BIGRec grounding on the ``ranked`` rows (``prompts``: their inference prompts): adds ``generated``, ``exact``,
+    ``rank``, ``rank_full``."""
     target_cols, negative_cols = candidates
-    prompts = [prompt_text(rows[i], "seqrec", purpose="infer", faithful=faithful) for i in ranked]
     generated = [clean_text(t) for t in generate(model, tokenizer, prompts, num_beams=num_beams,
                                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
                                                  cutoff_len=cutoff_len)]
@@ -158,15 +173,16 @@ def _ground(records: pd.DataFrame, model, tokenizer, rows: list[dict], items: pd
     records["rank_full"] = _nullable(len(records), ranked, np.concatenate(full))
 
 
-def _likelihood_ranks(records: pd.DataFrame, model, tokenizer, rows: list[dict], items: pd.DataFrame,
-                      candidates: tuple[list[np.ndarray], list[np.ndarray]], ranked: np.ndarray, *, faithful: bool,
+def _likelihood_ranks(records: pd.DataFrame, model, tokenizer, prompts: list[str], items: pd.DataFrame,
+                      candidates: tuple[list[np.ndarray], list[np.ndarray]], ranked: np.ndarray, *,
                       cutoff_len: int, candidate_batch_size: int) -> None:
-    """Likelihood ranking on the ``ranked`` rows: adds ``rank_ll`` (null on rows without negatives)."""
+    """Likelihood ranking on the ``ranked`` rows (``prompts``: their inference prompts): adds ``rank_ll`` (null on
+    rows without negatives)."""
     target_cols, negative_cols = candidates
     raw = items["title"].astype(str).tolist()
     clean = [clean_text(t) for t in raw]
     ranks = []
-    for i in tqdm(ranked, desc="likelihood ranking", unit="row", leave=False):
+    for i, prompt in zip(tqdm(ranked, desc="likelihood ranking", unit="row", leave=False), prompts):
         # target_cols holds every id that carries a target's title, so these negatives never share one.
         own = set(target_cols[i])
         negatives = [c for c in negative_cols[i] if c not in own]
@@ -177,7 +193,6 @@ def _likelihood_ranks(records: pd.DataFrame, model, tokenizer, rows: list[dict],
         responses: dict[str, str] = {}
         for c in [*target_cols[i], *negatives]:
             responses.setdefault(clean[c], seqrec_response(raw[c]))
-        prompt = prompt_text(rows[i], "seqrec", purpose="infer", faithful=faithful)
         values = candidate_scores(model, tokenizer, prompt, list(responses.values()), cutoff_len=cutoff_len,
                                   candidate_batch_size=candidate_batch_size)
         score = dict(zip(responses, values))
@@ -190,11 +205,6 @@ def _nullable(n: int, at: np.ndarray, values) -> pd.arrays.IntegerArray:
     out = pd.array([pd.NA] * n, dtype="Int64")
     out[np.asarray(at, dtype=np.int64)] = pd.array(values, dtype="Int64")
     return out
-
-
-def _targets(row: dict) -> list:
-    targets = row.get("targets")
-    return list(targets) if targets is not None and len(targets) else [row["item"]]
 
 
 def _title_embeddings(model, tokenizer, titles: list[str], batch_size: int,

@@ -16,9 +16,9 @@ ids for the same samples, so two methods (or seeds) can be compared sample by sa
   with ``p`` clipped to ``[EPS, 1 - EPS]``.
 
 :func:`sample_values` is the single definition of each mean-type ``test/*`` metric as a per-sample value, and
-:func:`metrics_from_records` averages them (AUC is the one metric that is not a mean); the evaluation stage reports
-those and the report's bootstrap resamples the same per-sample values. Only numpy, pandas and
-scikit-learn are imported here (no torch), so the report stays light.
+:func:`ranking_metrics` / :func:`classification_metrics` average them (AUC is the one metric that is not a mean); the
+evaluation stage reports those and the report's bootstrap resamples the same per-sample values. Only numpy, pandas
+and scikit-learn are imported here (no torch), so the report stays light.
 """
 
 from __future__ import annotations
@@ -36,22 +36,32 @@ RANK_COLUMNS = {"": "rank", "_full": "rank_full", "_ll": "rank_ll"}  # metric su
 RANKED = re.compile(r"(ndcg|hit)@(\d+)(.*)")  # ndcg@K / hit@K with a RANK_COLUMNS suffix
 
 
-def metrics_from_records(records: pd.DataFrame, task: str, topk: Sequence[int] = (5, 10)) -> dict[str, float]:
-    """Every test metric of a job from its per-sample records (keys without the ``test/`` prefix).
+def metrics_from_records(records: pd.DataFrame, task, topk: Sequence[int] = (5, 10)) -> dict[str, float]:
+    """Every test metric of a job from its per-sample records (keys without the ``test/`` prefix): those of the
+    task (a :class:`goracs.tasks.Task` or its name), :func:`ranking_metrics` for SeqRec and
+    :func:`classification_metrics` for CTR."""
+    from goracs.tasks import as_task
 
-    ``loss`` = mean of ``loss`` over rows. SeqRec: for each rank column present with at least one non-null value
-    and each K, ``ndcg@K<suffix>`` = mean of ``1/log2(rank + 2)·1[rank < K]`` and ``hit@K<suffix>`` = mean of
+    return as_task(task).metrics(records, topk)
+
+
+def classification_metrics(records: pd.DataFrame) -> dict[str, float]:
+    """``loss`` = mean of ``loss`` over rows, ``logloss`` (= ``loss``), ``auc`` (NaN when the labels have one class)
+    and ``accuracy`` = mean of ``1[p_yes > 0.5] = label`` (the CTR task's metrics)."""
+    out: dict[str, float] = {"loss": _nanmean(sample_values(records, "loss"))}
+    labels = records["label"].to_numpy(dtype=np.int64)
+    out.update(auc=auc(labels, records["p_yes"].to_numpy(dtype=np.float64)), logloss=out["loss"],
+               accuracy=_nanmean(sample_values(records, "accuracy")))
+    return out
+
+
+def ranking_metrics(records: pd.DataFrame, topk: Sequence[int] = (5, 10)) -> dict[str, float]:
+    """``loss`` = mean of ``loss`` over rows; for each rank column present with at least one non-null value and
+    each K, ``ndcg@K<suffix>`` = mean of ``1/log2(rank + 2)·1[rank < K]`` and ``hit@K<suffix>`` = mean of
     ``1[rank < K]`` over the rows where that rank is not null (suffix ``""`` grounding sampled, ``_full`` grounding
     full catalogue, ``_ll`` likelihood); ``exact_match`` = share of non-null ``generated`` that equal a catalogue
-    title (column ``exact``). CTR: ``logloss`` (= ``loss``), ``auc`` (NaN when the labels have one class),
-    ``accuracy`` = mean of ``1[p_yes > 0.5] = label``.
-    """
+    title (column ``exact``). The SeqRec task's metrics."""
     out: dict[str, float] = {"loss": _nanmean(sample_values(records, "loss"))}
-    if task == "ctr":
-        labels = records["label"].to_numpy(dtype=np.int64)
-        out.update(auc=auc(labels, records["p_yes"].to_numpy(dtype=np.float64)), logloss=out["loss"],
-                   accuracy=_nanmean(sample_values(records, "accuracy")))
-        return out
     for suffix, column in RANK_COLUMNS.items():
         if column not in records.columns or not records[column].notna().any():
             continue
@@ -65,7 +75,7 @@ def metrics_from_records(records: pd.DataFrame, task: str, topk: Sequence[int] =
 
 def sample_values(records: pd.DataFrame, metric: str) -> np.ndarray | None:
     """Per-sample values (NaN where null) whose mean over non-null rows is ``metric`` as
-    :func:`metrics_from_records` defines it; ``None`` when the column is absent.
+    :func:`ranking_metrics` / :func:`classification_metrics` define it; ``None`` when the column is absent.
 
     ``loss`` / ``logloss``: ``loss``; ``accuracy``: ``1[p_yes > 0.5] = label``; ``exact_match``: ``exact``;
     ``ndcg@K<suffix>``: ``ndcg_gain(rank, K)`` and ``hit@K<suffix>``: ``1[rank < K]`` with the rank column

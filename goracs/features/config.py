@@ -1,7 +1,9 @@
 """The feature-stage options (``conf/features/default.yaml``), validated once.
 
-The store receives the ``features`` config subtree as a plain mapping; :meth:`FeatureConfig.from_mapping` turns it
-into a frozen dataclass, rejecting unknown keys and bad values with a message that names the option.
+The ``features`` node's ``_target_`` is :class:`FeatureConfig`: its fields are the node's keys (the nested
+``surrogate`` and ``influence`` nodes are :class:`SurrogateConfig` and :class:`InfluenceConfig`). ``goracs-run`` builds
+it with :func:`goracs.config.build`; :meth:`FeatureConfig.from_mapping` builds it from a plain mapping. An unknown key
+or a bad value is a :class:`~goracs.errors.ConfigError` naming the option.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from goracs.config import construct
 from goracs.errors import ConfigError
 from goracs.features.sequences import SEQUENCE_MODES
 
@@ -89,21 +92,19 @@ class FeatureConfig:
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)  # DEALRec SASRec (feature influence)
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)  # LiSSA options (feature influence)
 
+    def __post_init__(self) -> None:
+        for name, node_cls in (("surrogate", SurrogateConfig), ("influence", InfluenceConfig)):
+            value = getattr(self, name)
+            if not isinstance(value, node_cls):  # a nested mapping (the yaml node), or null for the defaults
+                object.__setattr__(self, name, construct(node_cls, value, f"features.{name}"))
+        self._check()
+        _check_surrogate(self.surrogate)
+        _check_influence(self.influence)
+
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any] | None) -> "FeatureConfig":
-        config = dict(config or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ConfigError(f"features config: unknown option(s) {unknown}; expected a subset of {sorted(known)} "
-                             "(see conf/features/default.yaml)")
-        for name, node_cls in (("surrogate", SurrogateConfig), ("influence", InfluenceConfig)):
-            config[name] = _node(node_cls, config.get(name), name)
-        cfg = cls(**config)
-        cfg._check()
-        _check_surrogate(cfg.surrogate)
-        _check_influence(cfg.influence)
-        return cfg
+        """The config a ``features`` mapping describes (its ``_target_``, if any, ignored)."""
+        return construct(cls, config, "features")
 
     def _check(self) -> None:
         def bad(option: str, expected: str) -> ConfigError:
@@ -154,19 +155,6 @@ class FeatureConfig:
         llm = {"cutoff_len": self.cutoff_len, **({"dtype": self.dtype} if self.dtype is not None else {})}
         return {"text_encoder": self.text_encoder, "encoder_path": self.encoder_path,
                 "embed_max_length": self.embed_max_length, **(llm if self.text_encoder == "llm" else {})}
-
-
-def _node(node_cls: type, value: Any, name: str):
-    """A nested option node (a mapping, or null for the defaults) as its frozen dataclass."""
-    if isinstance(value, node_cls):
-        return value
-    value = dict(value or {})
-    known = {f.name for f in dataclasses.fields(node_cls)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ConfigError(f"features.{name}: unknown option(s) {unknown}; expected a subset of {sorted(known)} "
-                          "(see conf/features/default.yaml)")
-    return node_cls(**value)
 
 
 def _positive_int(value: Any) -> bool:

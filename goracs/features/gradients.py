@@ -29,29 +29,24 @@ import pandas as pd
 import torch
 from torch import nn
 
-from goracs.features.losses import el2n, task_loss
 from goracs.features.projection import Projection
-from goracs.models.lm_head import lm_losses
-from goracs.models.encoding import IGNORE, collate_left, encode_lm, encode_prompt, prompt_text
+from goracs.models.encoding import collate_left
+from goracs.tasks import Task, as_task
 
 log = logging.getLogger(__name__)
 
 GRADIENT_FEATURES = ("loss", "el2n", "grad_norm", "grad_proj")
 
 
-def encode_split(df: pd.DataFrame, task: str, tokenizer, *, cutoff_len: int, faithful: bool) -> list[dict]:
-    """Token ids of each sample for the gradient pass (SeqRec: prompt+output+EOS with a response mask; CTR: the
-    prompt and its 0/1 label), with ``index`` = row position in the split."""
+def encode_split(df: pd.DataFrame, task: Task | str, tokenizer, *, cutoff_len: int, faithful: bool) -> list[dict]:
+    """Token ids of each sample for the gradient pass (:meth:`goracs.tasks.Task.encode` with the prompt counted and a
+    response mask; SeqRec: prompt+output+EOS; CTR: the prompt and its 0/1 label), with ``index`` = row position in
+    the split."""
+    task = as_task(task)
     items = []
     for i, row in enumerate(df.to_dict("records")):
-        prompt = prompt_text(row, task, purpose="train", faithful=faithful)
-        if task == "seqrec":
-            item = encode_lm(tokenizer, prompt, row["output"], cutoff_len=cutoff_len, train_on_inputs=True)
-            answer = encode_lm(tokenizer, prompt, row["output"], cutoff_len=cutoff_len, train_on_inputs=False)
-            item["response"] = [int(label != IGNORE) for label in answer["labels"]]
-        else:
-            item = encode_prompt(tokenizer, prompt, cutoff_len=cutoff_len)
-            item["label"] = int(row["label"])
+        item = task.encode(tokenizer, row, faithful=faithful, cutoff_len=cutoff_len, train_on_inputs=True,
+                           response_mask=True)
         item["index"] = i
         items.append(item)
     return items
@@ -99,9 +94,10 @@ class GradientExtractor:
     gradient, or the raw flattened one (P = Σ out·in) when ``projection`` is None.
     """
 
-    def __init__(self, model: nn.Module, task: str, pattern: str, *, pad_id: int, yes_no: tuple[int, int] | None,
-                 dropout: bool, dropout_seed: int, projection: Projection | None, want: Sequence[str]):
-        self.model, self.task, self.pattern, self.pad_id, self.yes_no = model, task, pattern, pad_id, yes_no
+    def __init__(self, model: nn.Module, task: Task | str, pattern: str, *, pad_id: int,
+                 yes_no: tuple[int, int] | None, dropout: bool, dropout_seed: int, projection: Projection | None,
+                 want: Sequence[str]):
+        self.model, self.task, self.pattern, self.pad_id, self.yes_no = model, as_task(task), pattern, pad_id, yes_no
         self.dropout, self.dropout_seed, self.projection = dropout, dropout_seed, projection
         self.want = tuple(want)
         self._hooks: list = []
@@ -147,19 +143,10 @@ class GradientExtractor:
         self._captured.clear()
         position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # as if each sample were alone, unpadded
         with torch.enable_grad():
-            errors = None
-            if self.task == "seqrec":
-                # Loss and EL2N through the head in chunks (goracs.models.lm_head): no (B, T, vocab) logits.
-                res = lm_losses(self.model, batch["input_ids"], mask, batch["labels"], position_ids=position_ids,
-                                response=batch["response"], want_el2n="el2n" in self.want)
-                losses, errors = res.loss, res.el2n
-            else:
-                # CTR needs only the last position's logits.
-                out = self.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids,
-                                 use_cache=False, logits_to_keep=1)
-                losses = task_loss(self.task, out.logits, batch, self.yes_no)
-                if "el2n" in self.want:
-                    errors = el2n(self.task, out.logits.detach(), batch, self.yes_no)
+            # The task's loss and EL2N, without (B, T, vocab) logits (SeqRec: through the head in chunks; CTR: only
+            # the last position's logits).
+            losses, errors = self.task.losses(self.model, batch, answer_ids=self.yes_no, position_ids=position_ids,
+                                              want_el2n="el2n" in self.want)
             names = list(self._chosen)
             outputs = [self._captured[n][1] for n in names]
             grads_out = torch.autograd.grad(losses.sum(), outputs)

@@ -1,4 +1,5 @@
-"""Per-sample task losses (the quantity whose gradient is taken) and EL2N error norms.
+"""Per-sample task losses (the quantity whose gradient is taken) and EL2N error norms, from full logits; each task
+defines its own (:mod:`goracs.tasks`).
 
 Loss (spec ``goracs.md`` §2.3, via :mod:`goracs.models.encoding`):
 
@@ -17,37 +18,20 @@ EL2N (Paul et al. 2021: ``‖softmax(z) − onehot(y)‖₂``). There is no offi
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from goracs.models.encoding import ctr_loss_per_sample, lm_loss_per_sample
-from goracs.models.lm_head import losses_from_logits
+from goracs.tasks import Task, as_task
 
 
-def task_loss(task: str, logits: torch.Tensor, batch: dict[str, torch.Tensor],
+def task_loss(task: Task | str, logits: torch.Tensor, batch: dict[str, torch.Tensor],
               yes_no: tuple[int, int] | None) -> torch.Tensor:
-    """(B,) differentiable per-sample loss. ``logits`` (B, T, V); CTR uses only the last position."""
-    if task == "seqrec":
-        return lm_loss_per_sample(logits, batch["labels"])
-    if task == "ctr":
-        yes, no = _answer_ids(yes_no)
-        return ctr_loss_per_sample(logits[:, -1, :], batch["label"], yes, no)
-    raise ValueError(f"unknown task {task!r}; expected 'seqrec' or 'ctr'")
+    """(B,) differentiable per-sample loss from full logits (B, T, V) (:meth:`goracs.tasks.Task.logits_losses`;
+    CTR uses only the last position). The gradient pass takes the lighter :meth:`goracs.tasks.Task.losses`."""
+    return as_task(task).logits_losses(logits, batch, answer_ids=yes_no)[0]
 
 
 @torch.no_grad()
-def el2n(task: str, logits: torch.Tensor, batch: dict[str, torch.Tensor],
+def el2n(task: Task | str, logits: torch.Tensor, batch: dict[str, torch.Tensor],
          yes_no: tuple[int, int] | None) -> torch.Tensor:
-    """(B,) EL2N score as defined in the module docstring."""
-    if task == "ctr":
-        yes, no = _answer_ids(yes_no)
-        p_yes = torch.softmax(logits[:, -1, [yes, no]].float(), dim=-1)[:, 0]
-        return math.sqrt(2.0) * (p_yes - batch["label"].float()).abs()
-    return losses_from_logits(logits, batch["labels"], response=batch.get("response"), want_el2n=True).el2n
-
-
-def _answer_ids(yes_no: tuple[int, int] | None) -> tuple[int, int]:
-    if yes_no is None:
-        raise ValueError("CTR features need the token ids of the Yes/No answers")
-    return yes_no
+    """(B,) EL2N score as defined in the module docstring, from full logits."""
+    return as_task(task).logits_losses(logits, batch, answer_ids=yes_no, want_el2n=True)[1]

@@ -12,8 +12,6 @@ loss       (n,) f32     the task loss ℓ_i whose gradient is taken (:mod:`gorac
 el2n       (n,) f32     EL2N error norm (:mod:`goracs.features.losses`)
 influence  (n,) f32     DEALRec influence (H⁻¹v)ᵀ∇θL(z_i) on a SASRec surrogate (:mod:`goracs.features.surrogate`);
                         train split only
-label      (n,) int64   the samples' ``label`` column (not cached: read from the samples)
-user       (n,) str     the samples' ``user`` column (not cached)
 ========== ============ ===================================================================================
 
 Cache: ``<cache_dir>/features/<key>.npy`` via :class:`goracs.cache.DiskCache` (atomic, manifest-checked; a truncated
@@ -49,18 +47,22 @@ from goracs.features.gradients import GRADIENT_FEATURES, GradientExtractor, enco
 from goracs.features.projection import make_projection
 from goracs.features.sharded import run_batches
 from goracs.features.text_embedding import LastTokenEncoder, embedding_texts, sentence_encoder
-from goracs.models.encoding import answer_token_ids, tokenizer_corpus
+from goracs.models.encoding import tokenizer_corpus
 from goracs.models.fingerprint import model_fingerprint
+from goracs.tasks import Task, as_task
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("text_emb",) + GRADIENT_FEATURES + ("influence", "label", "user")
+FEATURES = ("text_emb",) + GRADIENT_FEATURES + ("influence",)
 TRAIN_ONLY = ("influence",)
 SPLITS = ("train", "valid")
 
 
 class FeatureStore:
     """Lazily computed, disk-cached features of ``samples.train`` / ``samples.valid`` (see the module docstring).
+
+    ``task``: the samples' task (:class:`goracs.tasks.Task`; default: looked up by ``samples.task``); it decides the
+    texts, the encoding and the loss, and which features exist.
 
     Attributes:
         computed: ``(feature, split)`` pairs this store computed (rather than read from the cache), in order.
@@ -69,13 +71,11 @@ class FeatureStore:
     """
 
     def __init__(self, samples: Any, backbone: Any, lora: Any, lora_init: str | None, *, faithful: bool,
-                 config: Mapping[str, Any] | None, cache_dir: str | Path):
-        if samples.task not in ("seqrec", "ctr"):
-            raise ValueError(f"samples.task={samples.task!r}: expected 'seqrec' or 'ctr'")
-        self.samples, self.task, self.backbone, self.lora, self.lora_init = samples, samples.task, backbone, lora, \
-            lora_init
+                 config: FeatureConfig | Mapping[str, Any] | None, cache_dir: str | Path, task: Task | None = None):
+        self.samples, self.task, self.backbone, self.lora, self.lora_init = samples, as_task(
+            samples.task if task is None else task), backbone, lora, lora_init
         self.faithful = faithful
-        self.cfg = FeatureConfig.from_mapping(config)
+        self.cfg = config if isinstance(config, FeatureConfig) else FeatureConfig.from_mapping(config)
         self.cache = DiskCache(cache_dir)
         self.computed: list[tuple[str, str]] = []
         self.model_loads = 0
@@ -93,6 +93,8 @@ class FeatureStore:
         if base not in FEATURES or (name != base and base not in GRADIENT_FEATURES):
             raise KeyError(f"feature {name!r} is not available; available: {list(FEATURES)} (gradient features also "
                            f"as <name>@<r>: repeat r with LoRA seed lora_seed+r and dropout seed dropout_seed+r)")
+        if not self.task.supports_feature(base):
+            raise KeyError(f"feature {name!r} is not available for task {self.task.name!r}")
         if base in TRAIN_ONLY and split != "train":
             raise KeyError(f"feature {name!r} is defined for the train split (the pool) only, not {split!r}")
         if (name, split) not in self._memo:
@@ -113,7 +115,7 @@ class FeatureStore:
 
             return {"feature": name, "surrogate": surrogate_spec(self.samples, self.cfg.surrogate),
                     "influence": self.cfg.influence.spec()}
-        spec = {"feature": name, "task": self.task, "faithful": self.faithful, "samples": self._digest(split)}
+        spec = {"feature": name, "task": self.task.name, "faithful": self.faithful, "samples": self._digest(split)}
         if repeat:
             spec["repeat"] = repeat  # repeat 0 is the plain feature: same key, same cache entry
         if name == "text_emb":
@@ -141,11 +143,6 @@ class FeatureStore:
     # -- computing ---------------------------------------------------------------------------------------------
 
     def _fetch(self, name: str, split: str) -> np.ndarray:
-        df = self._frame(split)
-        if name == "label":
-            return df["label"].to_numpy(dtype=np.int64)
-        if name == "user":
-            return df["user"].astype(str).to_numpy()
         # Another process may be computing the same feature (parallel jobs on a cold cache): wait for it, then read.
         with self.cache.claim("features", self.key(name, split), "npy") as hit:
             if hit is not None:
@@ -190,7 +187,7 @@ class FeatureStore:
         cfg = self.cfg
         items = encode_split(self._frame(split), self.task, tokenizer, cutoff_len=cfg.cutoff_len,
                              faithful=self.faithful)
-        yes_no = answer_token_ids(tokenizer) if self.task == "ctr" else None
+        yes_no = self.task.answer_ids(tokenizer)
         fn = GradientExtractor(model, self.task, cfg.grad_params, pad_id=tokenizer.pad_token_id, yes_no=yes_no,
                                dropout=cfg.dropout, dropout_seed=cfg.dropout_seed + repeat, projection=None, want=want)
         if "grad_proj" in want:

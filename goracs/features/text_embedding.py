@@ -27,18 +27,17 @@ import torch
 from torch import nn
 
 from goracs.errors import InputNotFound
-from goracs.models.encoding import collate_left, encode_prompt, prompt_text
+from goracs.models.encoding import collate_left, encode_prompt
 from goracs.models.lm_head import final_hidden_states
+from goracs.tasks import Task, as_task
 
 log = logging.getLogger(__name__)
 
 
-def embedding_texts(df: pd.DataFrame, task: str, *, faithful: bool) -> list[str]:
-    """The text each sample is embedded from (see the module docstring)."""
-    rows = df.to_dict("records")
-    if task == "seqrec":
-        return [prompt_text(r, task, purpose="infer", faithful=faithful) + r["output"] + "\n" for r in rows]
-    return [prompt_text(r, task, faithful=faithful) for r in rows]
+def embedding_texts(df: pd.DataFrame, task: Task | str, *, faithful: bool) -> list[str]:
+    """The text each sample is embedded from (:meth:`goracs.tasks.Task.embedding_text`; module docstring)."""
+    task = as_task(task)
+    return [task.embedding_text(r, faithful=faithful) for r in df.to_dict("records")]
 
 
 def minilm_folder() -> Path:

@@ -16,20 +16,20 @@ import numpy as np
 
 from goracs.exports import save_adapter
 from goracs.models.encoding import tokenizer_corpus
-from goracs.models.finetune import fine_tune
+from goracs.models.finetune import TrainerConfig, fine_tune
 from goracs.models.lora import attach_lora
 
 log = logging.getLogger(__name__)
 
 
 def train_on_coreset(backbone: Any, samples: Any, indices: np.ndarray, *, lora: Any, lora_init: str | None,
-                     lora_seed: int, task: str, faithful: bool, trainer: Mapping[str, Any], loggers: list | None,
-                     out_dir: Path, seed: int, resume: bool) -> tuple[Any, Any, dict[str, Any]]:
+                     lora_seed: int, task: Any, faithful: bool, trainer: TrainerConfig | Mapping[str, Any],
+                     loggers: list | None, out_dir: Path, seed: int, resume: bool) -> tuple[Any, Any, dict[str, Any]]:
     """Fine-tune a fresh copy of ``backbone`` + LoRA on rows ``indices`` of ``samples.train`` (validated on
-    ``samples.valid``), save the adapter to ``out_dir/adapter`` (a PEFT folder); return ``(model, tokenizer,
-    metrics)`` with ``train/best_val_loss``, ``train/epochs``, ``train/steps`` and, after training,
-    ``train/resumed``. ``seed`` seeds everything (Lightning) and the coreset's order; a killed job resumes from its
-    last checkpoint in ``out_dir`` when ``resume``."""
+    ``samples.valid``) for ``task`` (a :class:`goracs.tasks.Task`), save the adapter to ``out_dir/adapter`` (a PEFT
+    folder); return ``(model, tokenizer, metrics)`` with ``train/best_val_loss``, ``train/epochs``, ``train/steps``
+    and, after training, ``train/resumed``. ``seed`` seeds everything (Lightning) and the coreset's order; a killed
+    job resumes from its last checkpoint in ``out_dir`` when ``resume``."""
     lightning.seed_everything(seed, workers=True, verbose=False)
     model, tokenizer = _with_initial_adapter(backbone, samples, lora, lora_init, lora_seed)
     if not len(indices):
@@ -54,11 +54,11 @@ def _with_initial_adapter(backbone: Any, samples: Any, lora: Any, lora_init: str
     return attach_lora(model, lora, lora_init, seed=lora_seed), tokenizer
 
 
-def _sharded(trainer: Mapping[str, Any]) -> bool:
-    return "fsdp" in str((trainer.get("lightning") or {}).get("strategy", "")).lower()
+def _sharded(trainer: TrainerConfig | Mapping[str, Any]) -> bool:
+    return "fsdp" in str(TrainerConfig.of(trainer).lightning.get("strategy", "")).lower()
 
 
-def _fresh_with_adapter(backbone: Any, samples: Any, lora: Any, lora_init: str | None, lora_seed: int, task: str,
+def _fresh_with_adapter(backbone: Any, samples: Any, lora: Any, lora_init: str | None, lora_seed: int, task: Any,
                         ckpt: Path):
     """A newly loaded backbone with the adapter of checkpoint ``ckpt`` (trainable tensors only)."""
     import torch

@@ -1,6 +1,7 @@
-"""``RecDataModule``: sample DataFrames -> token batches for LoRA fine-tuning (both tasks).
+"""``RecDataModule``: sample DataFrames -> token batches for LoRA fine-tuning (any task).
 
-What a batch holds (encoding rules live in :mod:`goracs.models.encoding`, shared with features and evaluation):
+What a batch holds (the task's :meth:`~goracs.tasks.Task.encode`, from the rules in :mod:`goracs.models.encoding`,
+shared with features and evaluation):
 
 * SeqRec: ``input_ids``, ``attention_mask``, ``labels`` of ``prompt + output + EOS`` (``encode_lm``), truncated to
   ``cutoff_len`` tokens; prompt labels are -100 unless ``train_on_inputs`` (BIGRec default: True).
@@ -21,12 +22,12 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from goracs.models.encoding import collate_left, encode_lm, encode_prompt, prompt_text
+from goracs.models.encoding import collate_left
+from goracs.tasks import Task, as_task
 
 log = logging.getLogger(__name__)
 
-TASKS = ("seqrec", "ctr")
-_REQUIRED = {"seqrec": ("instruction", "input", "output"), "ctr": ("instruction", "input", "label")}
+_TOKENS = ("input_ids", "attention_mask", "labels")  # left-padded by collate_left; other keys (CTR's label) stacked
 
 
 class RecDataModule(pl.LightningDataModule):
@@ -37,16 +38,15 @@ class RecDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, train: pd.DataFrame, valid: pd.DataFrame | None, *,
-                 task: str, faithful: bool = True, batch_size: int = 8, eval_batch_size: int = 16,
+                 task: Task | str, faithful: bool = True, batch_size: int = 8, eval_batch_size: int = 16,
                  cutoff_len: int = 512, train_on_inputs: bool = True, seed: int = 0):
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"task={task!r}: expected one of {TASKS}")
+        task = as_task(task)
         for name, frame in (("train", train), ("valid", valid)):
             if frame is not None and len(frame):
-                missing = [c for c in _REQUIRED[task] if c not in frame.columns]
+                missing = [c for c in task.required_columns if c not in frame.columns]
                 if missing:
-                    raise ValueError(f"{name} samples lack the column(s) {missing} needed for task={task!r}")
+                    raise ValueError(f"{name} samples lack the column(s) {missing} needed for task={task.name!r}")
         if len(train) == 0:
             raise ValueError("the training set is empty: nothing to fine-tune on (check the budget and the selection)")
         if batch_size < 1 or eval_batch_size < 1 or cutoff_len < 2:
@@ -73,26 +73,19 @@ class RecDataModule(pl.LightningDataModule):
             self.valid_set = sorted(self.encode(self.valid_frame), key=lambda e: len(e["input_ids"]))
             lengths = [len(e["input_ids"]) for e in self.train_set]
             log.info("tokenised %d train / %d valid samples (%s); train length mean %.0f, max %d tokens",
-                     len(self.train_set), len(self.valid_set), self.task, sum(lengths) / len(lengths), max(lengths))
+                     len(self.train_set), len(self.valid_set), self.task.name, sum(lengths) / len(lengths),
+                     max(lengths))
 
     def encode(self, frame: pd.DataFrame) -> list[dict]:
-        """Encoded samples of ``frame`` (list of dicts of token-id lists, plus ``label`` for CTR)."""
-        out = []
-        for row in frame.to_dict("records"):
-            prompt = prompt_text(row, self.task, purpose="train", faithful=self.faithful)
-            if self.task == "seqrec":
-                enc = encode_lm(self.tokenizer, prompt, row["output"], cutoff_len=self.cutoff_len,
-                                train_on_inputs=self.train_on_inputs)
-            else:
-                enc = dict(encode_prompt(self.tokenizer, prompt, cutoff_len=self.cutoff_len))
-                enc["label"] = int(row["label"])
-            out.append(enc)
-        return out
+        """Encoded samples of ``frame`` (:meth:`goracs.tasks.Task.encode`: dicts of token-id lists, plus ``label``
+        for CTR)."""
+        return [self.task.encode(self.tokenizer, row, faithful=self.faithful, cutoff_len=self.cutoff_len,
+                                 train_on_inputs=self.train_on_inputs) for row in frame.to_dict("records")]
 
     def collate(self, batch: Sequence[dict]) -> dict[str, torch.Tensor]:
-        tensors = collate_left([{k: v for k, v in b.items() if k != "label"} for b in batch], self.pad_id)
-        if self.task == "ctr":
-            tensors["label"] = torch.tensor([b["label"] for b in batch], dtype=torch.long)
+        tensors = collate_left([{k: v for k, v in b.items() if k in _TOKENS} for b in batch], self.pad_id)
+        for key in batch[0].keys() - set(_TOKENS):
+            tensors[key] = torch.tensor([b[key] for b in batch], dtype=torch.long)
         return tensors
 
     def train_dataloader(self) -> DataLoader:

@@ -1,4 +1,4 @@
-"""Sample -> text -> token ids, and the per-sample losses of the two tasks.
+"""Sample -> text -> token ids, and the per-sample losses of the two tasks (composed by :mod:`goracs.tasks`).
 
 One place decides what the model sees, so fine-tuning, gradient features and evaluation agree:
 
@@ -18,20 +18,15 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from goracs.data.prompts import alpaca_prompt
-
 IGNORE = -100
 
 
-def prompt_text(sample: Mapping, task: str, *, purpose: str = "train", faithful: bool = True) -> str:
-    """Alpaca prompt of a sample. ``purpose``: ``train`` (fine-tuning, gradients) or ``infer`` (generation)."""
-    if task == "ctr":
-        header = "ctr"
-    elif task == "seqrec":
-        header = "infer" if purpose == "infer" else "train"
-    else:
-        raise ValueError(f"unknown task {task!r}; expected 'seqrec' or 'ctr'")
-    return alpaca_prompt(sample["instruction"], sample["input"], header=header, faithful=faithful)
+def prompt_text(sample: Mapping, task: Any, *, purpose: str = "train", faithful: bool = True) -> str:
+    """Alpaca prompt of a sample for ``task`` (a :class:`goracs.tasks.Task` or its name, which picks the header).
+    ``purpose``: ``train`` (fine-tuning, gradients) or ``infer`` (generation)."""
+    from goracs.tasks import as_task
+
+    return as_task(task).prompt(sample, purpose=purpose, faithful=faithful)
 
 
 def encode_lm(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, *, cutoff_len: int = 512,

@@ -1,8 +1,9 @@
 """One call that LoRA-fine-tunes a model on a task's samples with Lightning: ``fine_tune``.
 
-The ``trainer`` mapping is the ``conf/trainer/<name>.yaml`` subtree (see those files for every key): our knobs
-(``lr``, ``weight_decay``, ``warmup_steps``, ``batch_size``, ``eval_batch_size``, ``cutoff_len``,
-``train_on_inputs``, ``patience``) plus a ``lightning`` node instantiated as the ``lightning.pytorch.Trainer``.
+``trainer`` is a :class:`TrainerConfig`, the ``_target_`` of the ``conf/trainer/<name>.yaml`` node (see those files
+for every key), or a mapping of its fields: our knobs (``lr``, ``weight_decay``, ``warmup_steps``, ``batch_size``,
+``eval_batch_size``, ``cutoff_len``, ``train_on_inputs``, ``patience``) plus a ``lightning`` node instantiated as the
+``lightning.pytorch.Trainer``.
 
 Validation, early stopping and best-checkpoint restore:
 
@@ -41,6 +42,7 @@ adapter, task, data or trainer setting is refused with an error naming it (delet
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -57,19 +59,45 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from torch.utils.data import DataLoader
 
+from goracs.config import construct
 from goracs.errors import ConfigError
 from goracs.models.datamodule import RecDataModule
-from goracs.models.encoding import answer_token_ids
 from goracs.models.module import LoraRecModule
+from goracs.tasks import Task, as_task
 
 log = logging.getLogger(__name__)
 
-TRAINER_KEYS = ("lr", "weight_decay", "warmup_steps", "batch_size", "eval_batch_size", "cutoff_len",
-                "train_on_inputs", "patience", "lightning")
 LAST_CKPT = "last.ckpt"  # the resumable checkpoint, in out_dir/checkpoints
 # Trainer kwargs that do not change what is trained: left out of the fingerprint a resume must match.
 _COSMETIC = frozenset({"enable_progress_bar", "enable_model_summary", "logger", "log_every_n_steps", "callbacks",
                        "default_root_dir", "enable_checkpointing", "profiler"})
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The ``trainer`` node (``conf/trainer/<name>.yaml`` explains every key; all are required)."""
+
+    lr: float                    # peak AdamW learning rate (per optimiser step)
+    weight_decay: float          # AdamW decoupled weight decay
+    warmup_steps: int            # optimiser steps of linear warmup, then linear decay to 0
+    batch_size: int              # samples per micro-batch (per device)
+    eval_batch_size: int         # samples per validation batch
+    cutoff_len: int              # max tokens per sample
+    train_on_inputs: bool        # SeqRec: the loss counts the prompt tokens too
+    patience: int                # early stopping: validation checks without val/loss improvement
+    lightning: dict[str, Any]    # `_target_: lightning.pytorch.Trainer` and its kwargs (instantiated by fine_tune)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lightning, Mapping) or "_target_" not in self.lightning:
+            raise ConfigError("trainer.lightning must be a node with `_target_: lightning.pytorch.Trainer` and its "
+                              "kwargs")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
+            raise ConfigError(f"trainer.patience={self.patience!r}: expected >= 1 validation checks")
+
+    @classmethod
+    def of(cls, trainer: "TrainerConfig | Mapping[str, Any]") -> "TrainerConfig":
+        """``trainer`` itself, or the config its mapping describes (a ``_target_`` key is ignored)."""
+        return trainer if isinstance(trainer, cls) else construct(cls, trainer, "trainer")
 
 
 @dataclass(frozen=True)
@@ -83,8 +111,8 @@ class FitResult:
     resumed_from: Path | None = None  # the last.ckpt this fit resumed from; None for a fresh fit
 
 
-def fine_tune(model: torch.nn.Module, tokenizer, train: pd.DataFrame, valid: pd.DataFrame, *, task: str,
-              faithful: bool, trainer: Mapping[str, Any], logger=None, out_dir: Path, seed: int,
+def fine_tune(model: torch.nn.Module, tokenizer, train: pd.DataFrame, valid: pd.DataFrame, *, task: Task | str,
+              faithful: bool, trainer: TrainerConfig | Mapping[str, Any], logger=None, out_dir: Path, seed: int,
               callbacks: Sequence[Callback] = (), resume: bool = True, save_every_n_steps: int = 0) -> FitResult:
     """Fine-tune the trainable (LoRA) parameters of ``model`` on ``train``; restore the best adapter into ``model``.
 
@@ -104,13 +132,14 @@ def fine_tune(model: torch.nn.Module, tokenizer, train: pd.DataFrame, valid: pd.
     ckpt_dir = out_dir / "checkpoints"
     last = ckpt_dir / LAST_CKPT
     pl.seed_everything(seed, workers=True, verbose=False)
+    task = as_task(task)  # a goracs.tasks.Task (or its name): its encoding, loss and answer tokens
     data = _ResumableData(tokenizer, train, valid, task=task, faithful=faithful, batch_size=opts["batch_size"],
                           eval_batch_size=opts["eval_batch_size"], cutoff_len=opts["cutoff_len"],
                           train_on_inputs=opts["train_on_inputs"], seed=seed)
     module = LoraRecModule(model, task=task, lr=float(opts["lr"]), weight_decay=float(opts["weight_decay"]),
                            warmup_steps=int(opts["warmup_steps"]),
-                           answer_ids=answer_token_ids(tokenizer) if task == "ctr" else None)
-    fingerprint = _fingerprint(model, train, valid, task=task, faithful=faithful, seed=seed, opts=opts)
+                           answer_ids=task.answer_ids(tokenizer))
+    fingerprint = _fingerprint(model, train, valid, task=task.name, faithful=faithful, seed=seed, opts=opts)
 
     resumed_from = None
     if last.exists() and not resume:
@@ -150,7 +179,7 @@ def fine_tune(model: torch.nn.Module, tokenizer, train: pd.DataFrame, valid: pd.
     pl_trainer = instantiate(node, logger=logger if logger is not None else False, callbacks=own,
                              default_root_dir=str(out_dir), enable_checkpointing=True, **extra)
 
-    log.info("fine-tuning on %d samples (%d valid), task %s, %s", len(train), len(valid), task,
+    log.info("fine-tuning on %d samples (%d valid), task %s, %s", len(train), len(valid), task.name,
              "early stopping on val/loss" if validate else "no validation: final adapter kept")
     t0 = time.perf_counter()
     pl_trainer.fit(module, datamodule=data, ckpt_path=str(resumed_from) if resumed_from is not None else None)
@@ -226,19 +255,9 @@ def _short(value: str | None, width: int = 60) -> str:
     return value if len(value) <= width else value[:width - 3] + "..."
 
 
-def _check_trainer(trainer: Mapping[str, Any]) -> dict[str, Any]:
-    opts = dict(trainer)
-    unknown = sorted(set(opts) - set(TRAINER_KEYS))
-    missing = [k for k in TRAINER_KEYS if k not in opts]
-    if unknown or missing:
-        raise ConfigError(f"trainer config: unknown key(s) {unknown}, missing key(s) {missing}; expected exactly "
-                         f"{list(TRAINER_KEYS)} (see conf/trainer/cpu.yaml)")
-    node = opts["lightning"]
-    if not isinstance(node, Mapping) or "_target_" not in node:
-        raise ConfigError("trainer.lightning must be a node with `_target_: lightning.pytorch.Trainer` and its kwargs")
-    if int(opts["patience"]) < 1:
-        raise ConfigError(f"trainer.patience={opts['patience']}: expected >= 1 validation checks")
-    return opts
+def _check_trainer(trainer: TrainerConfig | Mapping[str, Any]) -> dict[str, Any]:
+    config = TrainerConfig.of(trainer)
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
 
 
 class _LastCheckpoint(ModelCheckpoint):

@@ -28,8 +28,7 @@ import torch
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from goracs.errors import ConfigError
-from goracs.models.encoding import ctr_loss_per_sample
-from goracs.models.lm_head import lm_losses
+from goracs.tasks import Task, as_task
 
 
 # Wrapper prefixes that FSDP / activation checkpointing insert into parameter names.
@@ -39,17 +38,17 @@ _WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig
 class LoraRecModule(pl.LightningModule):
     """Fine-tunes ``model`` (a PEFT model whose only trainable parameters are the adapter's).
 
-    ``answer_ids`` = (yes_id, no_id) from :func:`goracs.models.encoding.answer_token_ids`; required for CTR.
+    ``task``: a :class:`goracs.tasks.Task` (or its name), which defines the loss. ``answer_ids`` = (yes_id, no_id)
+    from :meth:`goracs.tasks.Task.answer_ids`; required for a task that scores answers (CTR).
     ``lr`` per optimiser step, ``weight_decay`` AdamW decoupled decay, ``warmup_steps`` in optimiser steps.
     """
 
-    def __init__(self, model: PreTrainedModel, *, task: str, lr: float, weight_decay: float = 0.0,
+    def __init__(self, model: PreTrainedModel, *, task: Task | str, lr: float, weight_decay: float = 0.0,
                  warmup_steps: int = 0, answer_ids: tuple[int, int] | None = None):
         super().__init__()
-        if task not in ("seqrec", "ctr"):
-            raise ValueError(f"task={task!r}: expected 'seqrec' or 'ctr'")
-        if task == "ctr" and answer_ids is None:
-            raise ValueError("task='ctr' needs answer_ids=(yes_id, no_id) (see encoding.answer_token_ids)")
+        task = as_task(task)
+        if task.answers and answer_ids is None:
+            raise ValueError(f"task={task.name!r} needs answer_ids=(yes_id, no_id) (see Task.answer_ids)")
         if lr <= 0 or warmup_steps < 0 or weight_decay < 0:
             raise ValueError(f"trainer: lr={lr} must be > 0, warmup_steps={warmup_steps} and "
                              f"weight_decay={weight_decay} >= 0")
@@ -63,14 +62,8 @@ class LoraRecModule(pl.LightningModule):
         self.strict_loading = False
 
     def per_sample_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B,) task loss of each sample in ``batch`` (see the module docstring)."""
-        if self.task == "seqrec":
-            # Through the LM head in chunks (goracs.models.lm_head): same values, no (B, T, vocab) logits.
-            return lm_losses(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
-        # Only the last position's logits are needed: skip the (B, T, vocab) LM-head product.
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=1)
-        yes_id, no_id = self.answer_ids
-        return ctr_loss_per_sample(out.logits[:, -1, :], batch["label"], yes_id, no_id)
+        """(B,) task loss of each sample in ``batch`` (:meth:`goracs.tasks.Task.losses`; module docstring)."""
+        return self.task.losses(self.model, batch, answer_ids=self.answer_ids)[0]
 
     def on_train_epoch_start(self) -> None:
         # Lightning keeps the modes it finds, and Hugging Face loads models in eval mode: make training mode (LoRA

@@ -54,22 +54,18 @@ class Pool:
         features: lazily computed, disk-cached per-sample features (``features.get("grad_norm")`` -> (N,)).
         labels: (N,) integer class per training sample (CTR: 1 = like), or None for generative tasks.
         valid_labels: (M,) integer class per validation sample, or None.
-        groups: (N,) group key per sample (the user id), or None.
     """
 
     size: int
     features: FeatureSource = field(default_factory=ArrayFeatures)
     labels: np.ndarray | None = None
     valid_labels: np.ndarray | None = None
-    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.size < 0:
             raise ValueError(f"pool size must be >= 0, got {self.size}")
-        for name in ("labels", "groups"):
-            arr = getattr(self, name)
-            if arr is not None and len(arr) != self.size:
-                raise ValueError(f"Pool.{name} has {len(arr)} entries, expected the pool size {self.size}")
+        if self.labels is not None and len(self.labels) != self.size:
+            raise ValueError(f"Pool.labels has {len(self.labels)} entries, expected the pool size {self.size}")
 
 
 @dataclass(frozen=True)
@@ -140,18 +136,21 @@ def whole_pool(size: int, **stats: float) -> SelectionResult:
     return SelectionResult(indices=np.arange(size, dtype=np.int64), stats=dict(stats))
 
 
-def build_pool(samples: Any, features: FeatureSource) -> Pool:
+def build_pool(samples: Any, features: FeatureSource, task: Any = None) -> Pool:
     """The pool of a data stage's ``samples`` (:class:`goracs.data.Samples`): one entry per training sample, the
-    user ids as groups, the class labels of :func:`class_labels`, and ``features`` (computed lazily: random and full
-    never trigger a model)."""
-    labels, valid_labels = class_labels(samples)
-    groups = samples.train["user"].astype(str).to_numpy()
-    return Pool(size=len(samples.train), features=features, labels=labels, valid_labels=valid_labels, groups=groups)
+    class labels of :func:`class_labels`, and ``features`` (computed lazily: random and full never trigger a model).
+    ``task``: the samples' :class:`goracs.tasks.Task` (default: looked up by ``samples.task``)."""
+    labels, valid_labels = class_labels(samples, task)
+    return Pool(size=len(samples.train), features=features, labels=labels, valid_labels=valid_labels)
 
 
-def class_labels(samples: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Train and validation class labels for a CTR task (they drive GORACS's label-enhanced selection and the
-    classes of CCS/Moderate); ``(None, None)`` for a generative task."""
-    if samples.task != "ctr":
-        return None, None
-    return (samples.train["label"].to_numpy(dtype=np.int64), samples.valid["label"].to_numpy(dtype=np.int64))
+def class_labels(samples: Any, task: Any = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Train and validation class labels of a task that has them (:meth:`goracs.tasks.Task.class_labels`; CTR: they
+    drive GORACS's label-enhanced selection and the classes of CCS/Moderate); ``(None, None)`` for a generative
+    task."""
+    if task is None:
+        from goracs.tasks import as_task  # the task module, not a model: the pool still sees arrays only
+
+        task = as_task(samples.task)
+    train, valid = task.class_labels(samples.train), task.class_labels(samples.valid)
+    return (None, None) if train is None or valid is None else (train, valid)
