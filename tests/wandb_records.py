@@ -41,14 +41,22 @@ def records(path: Path):
 
 
 def summary_and_config(path: Path) -> tuple[dict, dict]:
-    """The run's final summary values and its config, as W&B recorded them."""
-    summary, config = {}, {}
+    """The run's final summary values and its config, as W&B recorded them.
+
+    A summary value W&B has not written as a summary record yet is its last logged history value (what the summary
+    defaults to): the service writes the final summary record asynchronously, and a run file read right after
+    ``wandb.finish`` sometimes lacks it.
+    """
+    summary, config, history = {}, {}, {}
     for record in records(path):
         kind = record.WhichOneof("record_type")
-        if kind == "summary":
+        if kind == "history":
+            for item in record.history.item:
+                history[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        elif kind == "summary":
             for item in record.summary.update:
                 summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
         elif kind == "config":
             for item in record.config.update:
                 config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return summary, config
+    return {**history, **summary}, config
