@@ -37,8 +37,8 @@ def main(cfg: DictConfig) -> float | None:
     a one-paragraph message and exit status 2; any other exception keeps its traceback. In a multirun a failed job
     is logged (with its traceback unless a user error) and the sweep goes on; ``goracs.sweep_summary`` then prints
     every job's outcome and exits 1 when one failed."""
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    job_dir = HydraConfig.get().runtime.output_dir
+    hc = HydraConfig.get()
+    multirun, job_dir = hc.mode == RunMode.MULTIRUN, hc.runtime.output_dir
     task = get_class(cfg.task._target_)  # its objective and direction (class attributes): what the sweeper gets
     try:
         metrics = run(cfg)
@@ -48,10 +48,8 @@ def main(cfg: DictConfig) -> float | None:
                 log.error("%s", e)
                 raise SystemExit(2) from None
             raise
-        if isinstance(e, UserError):
-            log.error("job failed, the sweep goes on: %s", e)
-        else:
-            log.exception("job failed, the sweep goes on")
+        # a user error in one paragraph, anything else with its traceback
+        (log.error if isinstance(e, UserError) else log.exception)("job failed, the sweep goes on: %s", e)
         write_outcome(job_dir, "failed", e)
         return sweep_objective(None, task)  # recorded as failed in metrics.json; the worst objective
     if multirun:
@@ -69,8 +67,7 @@ def run(cfg: DictConfig) -> dict:
     if cfg.stage not in ("data", "select", "all"):
         raise ConfigError(f"stage={cfg.stage}: expected data, select or all")
     job = OmegaConf.to_container(cfg, resolve=True)  # the resolved config; its nodes go to the stages as plain dicts
-    # The task's keys without its class (`_target_`): the caches and config_key hash the keys, as before tasks were
-    # objects (a task is named by its name).
+    # The task's keys without its class: the caches hash the keys (a task is named by its name), as before.
     job["task"] = {k: v for k, v in job["task"].items() if k != "_target_"}
     identity = {"data": cfg.data.name, "task": cfg.task.name, "model": cfg.model.name,
                 "selection": hc.runtime.choices.get("selection"), "budget": int(cfg.budget), "seed": int(cfg.seed),
