@@ -107,8 +107,7 @@ class FeatureConfig:
         return construct(cls, config, "features")
 
     def _check(self) -> None:
-        def bad(option: str, expected: str) -> ConfigError:
-            return ConfigError(f"features.{option}={getattr(self, option)!r}: expected {expected}")
+        bad = _complaint("features", self)
 
         if self.text_encoder not in ENCODERS:
             raise bad("text_encoder", f"one of {list(ENCODERS)}")
@@ -119,8 +118,7 @@ class FeatureConfig:
         if self.dtype not in DTYPES:
             raise bad("dtype", "null (the backbone's dtype), float32, bfloat16 or float16")
         for option in ("embed_batch_size", "batch_size", "cutoff_len", "proj_dim", "num_processes"):
-            value = getattr(self, option)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _positive_int(getattr(self, option)):
                 raise bad(option, "a positive integer")
         if self.embed_max_length is not None and (not isinstance(self.embed_max_length, int)
                                                   or self.embed_max_length < 1):
@@ -161,9 +159,16 @@ def _positive_int(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int) and value >= 1
 
 
-def _check_surrogate(s: SurrogateConfig) -> None:
+def _complaint(prefix: str, node: Any):
+    """``bad(option, expected)`` -> the ConfigError naming ``<prefix>.<option>``, its value and what was expected."""
     def bad(option: str, expected: str) -> ConfigError:
-        return ConfigError(f"features.surrogate.{option}={getattr(s, option)!r}: expected {expected}")
+        return ConfigError(f"{prefix}.{option}={getattr(node, option)!r}: expected {expected}")
+
+    return bad
+
+
+def _check_surrogate(s: SurrogateConfig) -> None:
+    bad = _complaint("features.surrogate", s)
 
     for option in ("hidden_size", "num_layers", "num_heads", "max_len", "epochs", "batch_size", "eval_every"):
         if not _positive_int(getattr(s, option)):
@@ -186,8 +191,7 @@ def _check_surrogate(s: SurrogateConfig) -> None:
 
 
 def _check_influence(c: InfluenceConfig) -> None:
-    def bad(option: str, expected: str) -> ConfigError:
-        return ConfigError(f"features.influence.{option}={getattr(c, option)!r}: expected {expected}")
+    bad = _complaint("features.influence", c)
 
     for option in ("recursion_depth", "hvp_batch", "repeats", "batch_size"):
         if not _positive_int(getattr(c, option)):

@@ -45,7 +45,7 @@ import numpy as np
 import ot
 import torch
 
-from goracs.selection.goracs.ot import EMD_MAX_ITERS, ExactOT
+from goracs.selection.goracs.ot import EMD_MAX_ITERS, ExactOT, rows_of
 from goracs.selection.goracs.pruning import dual_gain
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,14 @@ def ot_fill(cost: torch.Tensor, prefix: list[int], budget: int, *, chunk_size: i
     index = rows + np.flatnonzero(~in_s)[: budget - len(rows)].tolist()  # what greedy_fill=index picks
     solves = 0
     while len(rows) < budget:
-        v = completion_bound(cost[_index(rows, cost)], _outside_min(cost, in_s, chunk_size), budget)[1]
+        v = completion_bound(rows_of(cost, rows), _outside_min(cost, in_s, chunk_size), budget)[1]
         solves += 1
         batch = math.ceil((budget - len(rows)) / BATCH_DIVISOR)
         for o in _insert_batch(cost, v, np.flatnonzero(~in_s), batch, budget, chunk_size):
             rows.append(o)
             in_s[o] = True
     exact = ExactOT()
-    poo_ot, poo_index = exact.solve(cost[_index(rows, cost)])[0], exact.solve(cost[_index(index, cost)])[0]
+    poo_ot, poo_index = exact.solve(rows_of(cost, rows))[0], exact.solve(rows_of(cost, index))[0]
     log.info("greedy saturated after %d picks: OT fill of %d rows (%d bound solves), POO %.6f (index fill "
              "%.6f)", len(prefix), budget - len(prefix), solves, poo_ot, poo_index)
     if poo_index < poo_ot:
@@ -151,7 +151,3 @@ def _deltas(cost: torch.Tensor, ids: np.ndarray, v: torch.Tensor, r: int, budget
         index = torch.as_tensor(ids[start : start + chunk_size], dtype=torch.long, device=cost.device)
         out.extend(dual_gain(cost[index] - v32, r, budget).cpu().tolist())
     return out
-
-
-def _index(rows: list[int], cost: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(rows, dtype=torch.long, device=cost.device)

@@ -93,6 +93,11 @@ class SinkhornOT:
         return value, f.detach().double().cpu().numpy()
 
 
+def rows_of(cost: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """The (len(rows), M) cost rows of a subset, gathered on the cost's device."""
+    return cost[torch.as_tensor(rows, dtype=torch.long, device=cost.device)]
+
+
 def make_solver(solver: str, blur: float, scaling: float) -> OTSolver:
     """The solver named in ``selection.solver``."""
     if solver == "exact":

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from goracs.selection.goracs.ot import OTSolver
+from goracs.selection.goracs.ot import OTSolver, rows_of
 from goracs.selection.goracs.pruning import dual_gain, prune_candidates, removal_potentials
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def refine(
 ) -> RefineOutcome:
     """Exchange refinement of ``selected`` (row ids of ``cost``) under ``solver``; never increases its value."""
     rows = list(selected)
-    value, duals = solver.solve(cost[_index(rows, cost)])
+    value, duals = solver.solve(rows_of(cost, rows))
     out = RefineOutcome(selected=rows, trace=[value])
     use_bound = solver.exact and (screen or pair_order == "bound")
     progress = tqdm(total=max_iters, desc="goracs refine", leave=False, disable=max_iters < 5)
@@ -80,7 +80,7 @@ def refine(
                 continue
             trial = [r for r in rows if r != i] + [o]  # remove + append keeps the official row order
             t0 = time.perf_counter()
-            new_value, new_duals = solver.solve(cost[_index(trial, cost)])
+            new_value, new_duals = solver.solve(rows_of(cost, trial))
             out.time_solve_s += time.perf_counter() - t0
             out.tried += 1
             solved_here += 1
@@ -102,8 +102,6 @@ def refine(
     return out
 
 
-def _index(rows: list[int], cost: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(rows, dtype=torch.long, device=cost.device)
 
 
 def _pair_bounds(
@@ -115,7 +113,7 @@ def _pair_bounds(
     u = torch.as_tensor(duals, dtype=torch.float64, device=cost.device)
     pos = {k: p for p, k in enumerate(rows)}
     inner_pos = torch.as_tensor([pos[i] for i in inner], dtype=torch.long, device=cost.device)
-    w = removal_potentials(cost[_index(rows, cost)], u, inner_pos)  # (I, M) float64
+    w = removal_potentials(rows_of(cost, rows), u, inner_pos)  # (I, M) float64
     base = a * (u.sum() - u[inner_pos]) + b * w.sum(dim=1)
-    z = cost[_index(outer, cost)].double().unsqueeze(0) - w.unsqueeze(1)  # (I, O, M)
+    z = rows_of(cost, outer).double().unsqueeze(0) - w.unsqueeze(1)  # (I, O, M)
     return (base.unsqueeze(1) + dual_gain(z, r, n)).cpu().numpy()  # + max_y [a y + b Σ_j min(0, z_j - y)]
