@@ -49,7 +49,7 @@ def load_samples(cfg: DictConfig):
     """The run's samples (data slice, task and data seed of ``cfg``), from the sample cache when present."""
     from goracs.data import prepare_samples
 
-    return prepare_samples(plain(cfg.data), plain(cfg.task), int(cfg.data_seed), Path(cfg.paths.cache_dir))
+    return prepare_samples(plain(cfg.data), instantiate(cfg.task), int(cfg.data_seed), Path(cfg.paths.cache_dir))
 
 
 def load_model(cfg: DictConfig, samples, device: str):

@@ -35,6 +35,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
+    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from conftest import compose_run_config
@@ -50,8 +51,10 @@ def main() -> None:
     cache = Path(args.cache)
     cfg = compose_run_config(overrides, cache / "run", cache)
     plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
-    samples = prepare_samples(plain(cfg.data), plain(cfg.task), int(cfg.data_seed), cache)
-    store = FeatureStore(samples, None, None, None, faithful=True, config=plain(cfg.features), cache_dir=cache)
+    task = instantiate(cfg.task)
+    samples = prepare_samples(plain(cfg.data), task, int(cfg.data_seed), cache)
+    store = FeatureStore(samples, None, None, None, faithful=True, config=plain(cfg.features), cache_dir=cache,
+                         task=task)
     t0 = time.perf_counter()
     influence = store.get("influence")
     total = time.perf_counter() - t0

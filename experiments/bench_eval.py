@@ -30,7 +30,8 @@ import torch
 from bench_common import add_common_args, load_model, load_samples, setup, sync
 from goracs.data.instructions import seqrec_response
 from goracs.evaluation.likelihood import candidate_scores, candidate_tokens
-from goracs.models.encoding import collate_left, encode_prompt, prompt_text
+from goracs.models.encoding import collate_left, encode_prompt, pad_id
+from goracs.tasks import SeqRecTask
 
 log = logging.getLogger("bench_eval")
 
@@ -51,7 +52,7 @@ def main() -> None:
     cached_s = brute_s = floor_s = 0.0
     n_candidates, max_diff, same_order = 0, 0.0, 0
     for row in rows:
-        prompt = prompt_text(row, "seqrec", purpose="infer")
+        prompt = SeqRecTask().prompt(row, purpose="infer")
         responses = [seqrec_response(title[str(i)]) for i in [row["item"], *row["negatives"]]]
         sync(device)
         t0 = time.perf_counter()
@@ -88,7 +89,7 @@ def brute_force(model, tok, prompt: str, responses: list[str], batch_size: int) 
     """Mean log-prob of each response from full forwards of ``prompt + response`` (left-padded batches)."""
     device = next(model.parameters()).device
     prompt_ids = encode_prompt(tok, prompt, cutoff_len=512)["input_ids"]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     scores = []
     for start in range(0, len(responses), batch_size):
         cands = [candidate_tokens(tok, r) for r in responses[start:start + batch_size]]
@@ -106,7 +107,7 @@ def brute_force(model, tok, prompt: str, responses: list[str], batch_size: int) 
 def candidates_only(model, tok, responses: list[str], batch_size: int) -> None:
     """The floor: a plain forward of the candidates' own tokens, batched, no prompt and no scoring."""
     device = next(model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     for start in range(0, len(responses), batch_size):
         enc = [{"input_ids": (c := candidate_tokens(tok, r)), "attention_mask": [1] * len(c)}
                for r in responses[start:start + batch_size]]

@@ -33,8 +33,10 @@ from peft import LoraConfig
 
 from goracs.data.instructions import domain_text, seqrec_fields
 from goracs.features.gradients import GradientExtractor, encode_split, select_lora_params
-from goracs.features.losses import task_loss
 from goracs.models.lora import attach_lora
+from goracs.tasks import SeqRecTask
+
+SEQREC = SeqRecTask()
 
 log = logging.getLogger("bench_features")
 PATTERN = r"layers\.{last}\.self_attn\.v_proj\.lora_B\."
@@ -66,14 +68,14 @@ def main() -> None:
     df = ml100k_seqrec(args.data_dir, Path(args.samples), args.n)
     model, tok = load_smollm2(args.model_dir, random_weights=args.random_weights)
     model = attach_lora(model, LoraConfig(**LORA))
-    items = encode_split(df, "seqrec", tok, cutoff_len=512, faithful=True)
+    items = encode_split(df, SEQREC, tok, cutoff_len=512, faithful=True)
     n_ref = min(args.n_ref or args.n, len(items))
     lengths = [len(it["input_ids"]) for it in items]
     log.info("%d samples, tokens per sample: mean %.0f, max %d; device %s", len(items), np.mean(lengths),
              max(lengths), dev)
 
     def extractor(dropout: bool) -> GradientExtractor:
-        fn = GradientExtractor(model, "seqrec", PATTERN, pad_id=tok.pad_token_id, yes_no=None, dropout=dropout,
+        fn = GradientExtractor(model, SEQREC, PATTERN, pad_id=tok.pad_token_id, yes_no=None, dropout=dropout,
                                dropout_seed=0, projection=None, want=["grad_proj", "grad_norm"])
         fn.prepare(dev)
         return fn
@@ -126,7 +128,7 @@ def plain_step(model, batch, dev) -> None:
     mask = batch["attention_mask"]
     out = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
                 use_cache=False)
-    task_loss("seqrec", out.logits, batch, None).sum().backward()
+    SEQREC.logits_losses(out.logits, batch, answer_ids=None)[0].sum().backward()
     model.zero_grad(set_to_none=True)
 
 
@@ -134,7 +136,7 @@ def single_step(model, batch, dev, chosen) -> np.ndarray:
     """(a): one sample, forward + backward, read the chosen parameters' .grad."""
     batch = {k: v.to(dev) for k, v in batch.items()}
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    task_loss("seqrec", out.logits, batch, None)[0].backward()
+    SEQREC.logits_losses(out.logits, batch, answer_ids=None)[0][0].backward()
     g = torch.cat([m.weight.grad.flatten() for m in chosen.values()]).float().cpu().numpy()
     model.zero_grad(set_to_none=True)
     return g

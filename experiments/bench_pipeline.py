@@ -47,11 +47,13 @@ from goracs.evaluation.likelihood import candidate_scores, candidate_tokens, res
 from goracs.features.gradients import GradientExtractor, encode_split, select_lora_params
 from goracs.features.sharded import run_batches
 from goracs.features.text_embedding import LastTokenEncoder, embedding_texts, sentence_encoder
-from goracs.models.encoding import encode_lm, encode_prompt, prompt_text
+from goracs.models.encoding import encode_lm, encode_prompt
 from goracs.models.finetune import fine_tune
 from goracs.models.kv_cache import cache_keyword
+from goracs.tasks import SeqRecTask
 
 log = logging.getLogger("bench_pipeline")
+SEQREC = SeqRecTask()
 STAGES = ("gradients", "text_emb_llm", "text_emb_minilm", "train_step", "validation", "test_loss", "likelihood",
           "generation", "title_emb")
 
@@ -141,8 +143,8 @@ class Bench:
 
     def gradients(self) -> dict:
         fc = self.cfg.features
-        items = encode_split(self.train, "seqrec", self.tok, cutoff_len=int(fc.cutoff_len), faithful=self.faithful)
-        fn = GradientExtractor(self.model, "seqrec", fc.grad_params, pad_id=self.tok.pad_token_id, yes_no=None,
+        items = encode_split(self.train, SEQREC, self.tok, cutoff_len=int(fc.cutoff_len), faithful=self.faithful)
+        fn = GradientExtractor(self.model, SEQREC, fc.grad_params, pad_id=self.tok.pad_token_id, yes_no=None,
                                dropout=bool(fc.dropout), dropout_seed=0, projection=None,
                                want=["loss", "el2n", "grad_norm"])
         _, seconds = timed(lambda: run_batches(fn, items, batch_size=int(fc.batch_size), device=self.device,
@@ -161,7 +163,7 @@ class Bench:
                          note=f"batch {fc.batch_size}, dropout {'on' if fc.dropout else 'off'}")
 
     def text_emb_llm(self) -> dict:
-        texts = embedding_texts(self.train, "seqrec", faithful=self.faithful)
+        texts = embedding_texts(self.train, SEQREC, faithful=self.faithful)
         fn = LastTokenEncoder(self.model, self.tok, max_length=int(self.cfg.features.cutoff_len))
         items = [{"text": t, "index": i} for i, t in enumerate(texts)]
         bs = int(self.cfg.features.embed_batch_size)
@@ -171,7 +173,7 @@ class Bench:
         return self._row(tokens, seconds, self._no_grad_forward(self.model), bs, note=f"batch {bs}")
 
     def text_emb_minilm(self) -> dict:
-        texts = embedding_texts(self.train, "seqrec", faithful=self.faithful)
+        texts = embedding_texts(self.train, SEQREC, faithful=self.faithful)
         fn = sentence_encoder("minilm", None, self.cfg.features.embed_max_length)
         fn.prepare(torch.device(self.device))
         items = [{"text": t, "index": i} for i, t in enumerate(texts)]
@@ -194,12 +196,12 @@ class Bench:
 
         fc = self.cfg.features
         n = self.args.n_numerics
-        items = encode_split(self.train.iloc[:n], "seqrec", self.tok, cutoff_len=int(fc.cutoff_len),
+        items = encode_split(self.train.iloc[:n], SEQREC, self.tok, cutoff_len=int(fc.cutoff_len),
                              faithful=self.faithful)
         want = ["loss", "el2n", "grad_norm", "grad_proj"]
 
         def extract(model, sort: bool = True) -> dict:
-            fn = GradientExtractor(model, "seqrec", fc.grad_params, pad_id=self.tok.pad_token_id, yes_no=None,
+            fn = GradientExtractor(model, SEQREC, fc.grad_params, pad_id=self.tok.pad_token_id, yes_no=None,
                                    dropout=bool(fc.dropout), dropout_seed=0, projection=None, want=want)
             if sort:
                 out = run_batches(fn, items, batch_size=int(fc.batch_size), device=self.device, desc="numerics")
@@ -241,13 +243,13 @@ class Bench:
                 prm.requires_grad_("lora_" in name)
             self._clock = _StageClock(self.device)
             with tempfile.TemporaryDirectory(prefix="bench-fit-") as out:
-                fine_tune(self.model, self.tok, self.train, self.valid, task="seqrec", faithful=self.faithful,
+                fine_tune(self.model, self.tok, self.train, self.valid, task=SEQREC, faithful=self.faithful,
                           trainer=trainer, logger=None, out_dir=Path(out), seed=0, callbacks=[self._clock])
         return self._clock
 
     def _train_tokens(self, frame, train_on_inputs: bool = True) -> list[list[int]]:
         cut = int(self.cfg.trainer.cutoff_len)
-        return [encode_lm(self.tok, prompt_text(r, "seqrec", faithful=self.faithful), r["output"], cutoff_len=cut,
+        return [encode_lm(self.tok, SEQREC.prompt(r, faithful=self.faithful), r["output"], cutoff_len=cut,
                           train_on_inputs=train_on_inputs)["input_ids"] for r in frame.to_dict("records")]
 
     def train_step(self) -> dict:
@@ -278,7 +280,7 @@ class Bench:
 
     def test_loss(self) -> dict:
         rows = self.test.to_dict("records")
-        prompts = [prompt_text(r, "seqrec", faithful=self.faithful) for r in rows]
+        prompts = [SEQREC.prompt(r, faithful=self.faithful) for r in rows]
         responses = [r["output"] for r in rows]
         bs, cut = int(self.ev["batch_size"]), int(self.ev["cutoff_len"])
         _, seconds = timed(lambda: response_losses(self.model, self.tok, prompts, responses, batch_size=bs,
@@ -292,7 +294,7 @@ class Bench:
         cut, cb = int(self.ev["cutoff_len"]), int(self.ev["candidate_batch_size"])
         seconds, prompt_tokens, candidates = 0.0, [], []
         for row in rows:
-            prompt = prompt_text(row, "seqrec", purpose="infer", faithful=self.faithful)
+            prompt = SEQREC.prompt(row, purpose="infer", faithful=self.faithful)
             responses = [seqrec_response(title[str(i)]) for i in [row["item"], *row["negatives"]]]
             _, s = timed(lambda: candidate_scores(self.model, self.tok, prompt, responses, cutoff_len=cut,
                                                   candidate_batch_size=cb), self.device)
@@ -309,7 +311,7 @@ class Bench:
 
     def generation(self) -> dict:
         rows = self.test.to_dict("records")
-        prompts = [prompt_text(r, "seqrec", purpose="infer", faithful=self.faithful) for r in rows]
+        prompts = [SEQREC.prompt(r, purpose="infer", faithful=self.faithful) for r in rows]
         bs, beams, cut = int(self.ev["batch_size"]), int(self.ev["num_beams"]), int(self.ev["cutoff_len"])
         calls: list[tuple[int, int]] = []  # (rows, new positions) of each decoder forward
         decoder = self.model.get_base_model().get_decoder()

@@ -39,9 +39,11 @@ def main() -> None:
         cfg.paths.output_dir = str(args.out)
     plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
     cache = Path(cfg.paths.cache_dir)
-    samples = prepare_samples(data=plain(cfg.data), task=plain(cfg.task), seed=int(cfg.data_seed), cache_dir=cache)
+    task = instantiate(cfg.task)
+    samples = prepare_samples(data=plain(cfg.data), task=task, seed=int(cfg.data_seed), cache_dir=cache)
     store = FeatureStore(samples, instantiate(cfg.model.backbone), instantiate(cfg.model.lora), cfg.model.lora_init,
-                         faithful=bool(cfg.task.faithful_prompts), config=plain(cfg.features), cache_dir=cache)
+                         faithful=bool(cfg.task.faithful_prompts), config=plain(cfg.features), cache_dir=cache,
+                         task=task)
     args.out.mkdir(parents=True, exist_ok=True)
     np.save(args.out / "train_emb.npy", store.get("text_emb", "train"))
     np.save(args.out / "valid_emb.npy", store.get("text_emb", "valid"))

@@ -60,7 +60,7 @@ class DiskCache:
             return None
         try:
             meta = json.loads(manifest.read_text())
-            intact = meta["size"] == data.stat().st_size and meta["sha256"] == _sha256(data)
+            intact = meta["size"] == data.stat().st_size and meta["sha256"] == file_sha256(data)
         except (OSError, ValueError, KeyError):
             intact = False
         if not intact:
@@ -95,13 +95,14 @@ class DiskCache:
         """Write an entry atomically (data first, manifest last) and return its path."""
         data = self.path(kind, key, suffix)
         atomic_write(data, write)
-        meta = {"spec": spec, "size": data.stat().st_size, "sha256": _sha256(data)}
+        meta = {"spec": spec, "size": data.stat().st_size, "sha256": file_sha256(data)}
         manifest = data.with_name(data.name + ".json")
         atomic_write(manifest, lambda p: p.write_text(json.dumps(meta, indent=1, sort_keys=True, default=str)))
         return data
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (cache manifests, the adapter fingerprint)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

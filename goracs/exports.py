@@ -26,7 +26,7 @@ import pandas as pd
 from peft import PeftModel
 
 from goracs.cache import atomic_write
-from goracs.tasks import Task, as_task
+from goracs.task_protocol import Task
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,10 @@ def save_adapter(model, folder: Path) -> Path:
     return folder
 
 
-def write_official_coreset(train: pd.DataFrame, indices, path: Path, *, task: Task | str) -> Path:
+def write_official_coreset(train: pd.DataFrame, indices, path: Path, *, task: Task) -> Path:
     """Write rows ``indices`` (positions in ``train``, in that order) of the training split to ``path`` as the
-    official BIGRec (SeqRec) / TALLRec (CTR) JSON list; returns ``path``. ``task``: a :class:`goracs.tasks.Task`
-    or its name."""
-    task = as_task(task)
+    official BIGRec (SeqRec) / TALLRec (CTR) JSON list; returns ``path``. ``task``: the samples' task (its
+    name is logged)."""
     missing = [c for c in FIELDS if c not in train.columns]
     if missing:
         raise ValueError(f"the training samples lack the column(s) {missing} needed for the official format")
@@ -85,7 +84,7 @@ def write_official_coreset(train: pd.DataFrame, indices, path: Path, *, task: Ta
 
 
 def export_selection(out_dir: Path, train: pd.DataFrame, indices, *, method: str, budget: int, seed: int,
-                     task: Task | str) -> Path:
+                     task: Task) -> Path:
     """A job's selection outputs in ``out_dir``: ``selected_indices.json`` (``{"method", "budget", "seed",
     "indices"}``, positions in ``train``) and, when a sample was selected, ``coreset_official.json``
     (:func:`write_official_coreset`: the official scripts can train on the coreset); returns the indices file."""

@@ -91,7 +91,7 @@ def run(cfg: DictConfig) -> dict:
 
 def _stages(cfg: DictConfig, job: dict, record: RunRecord, loggers: list) -> dict:
     t0, out_dir, cache_dir = time.perf_counter(), Path(cfg.paths.output_dir), Path(cfg.paths.cache_dir)
-    task = build(cfg.task, "task")  # a goracs.tasks.Task: every stage gets it (prompts, encoding, loss, metrics)
+    task = build(cfg.task, "task")  # its _target_ class (goracs.tasks); every stage receives it (prompts, encoding, loss, metrics)
     samples = prepare_samples(data=job["data"], task=task, seed=int(cfg.data_seed), cache_dir=cache_dir)
     stats = sample_stats(samples, task)
     record.update({"time/data_s": time.perf_counter() - t0, **{f"data/{k}": v for k, v in stats.items()}})

@@ -103,7 +103,7 @@ class RunRecord:
 
 def sweep_objective(metrics: dict | None, task: Any = None) -> float:
     """What a Hydra sweeper optimises: the task's ``objective`` in its ``objective_direction``
-    (:class:`goracs.tasks.Task`, or its class; default and both built-in tasks: the job's best validation loss
+    (:class:`goracs.task_protocol.Task`, or its class; default and both built-in tasks: the job's best validation loss
     ``train/best_val_loss``, minimised), never a test metric, so tuning cannot leak the test set. The worst value
     (``+inf`` when minimising, ``-inf`` when maximising: never the best trial) when the job failed or did not
     validate (``selection=none``, an empty validation split): Optuna 2.x refuses a NaN objective and would end the

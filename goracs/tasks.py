@@ -1,109 +1,41 @@
-"""Tasks as objects: what differs between SeqRec (BIGRec) and CTR (TALLRec), in one place per task.
+"""The concrete tasks: what differs between SeqRec (BIGRec) and CTR (TALLRec), in one place per task.
 
 A task exists exactly when ``conf/task/<name>.yaml`` names its class in ``_target_``; the constructor takes the yaml
 keys (``name``, the file's stem, which keys the caches and ``metrics.json``; ``faithful_prompts``;
-``like_threshold``). ``goracs-run`` instantiates it and hands the object to every stage. A task owns (the
-:class:`Task` protocol):
+``like_threshold``). ``goracs-run`` instantiates it and hands the object to every stage; what a stage may ask of it
+is the :class:`goracs.task_protocol.Task` protocol.
 
-* data: whether the interactions suit it (:meth:`~Task.check_tables`), whether test samples get sampled negatives
-  (``test_negatives``) and the instruction/input/output texts of a sample (:meth:`~Task.prompt_fields`);
-* features: the features it supports (:meth:`~Task.supports_feature`), the text a sample is embedded from;
-* fine-tuning and gradients: the prompt header (:meth:`~Task.prompt`), the encoding of a sample into token ids
-  (:meth:`~Task.encode`), the answer tokens it scores (:meth:`~Task.answer_ids`) and the per-sample loss and EL2N
-  (:meth:`~Task.losses`, from the model; :meth:`~Task.logits_losses`, from full logits);
-* selection: the class labels of a split (:meth:`~Task.class_labels`: CTR's like/dislike; None for SeqRec);
-* evaluation: the per-sample test records (:meth:`~Task.test_records`), the metrics computed from them
-  (:meth:`~Task.metrics`) and their names (:meth:`~Task.metric_names`);
-* tuning: the sweep objective (``objective``, a metrics.json key) and its direction (``objective_direction``).
+This module sits above the stages it composes: the pieces stay in the stage modules (``goracs.data.instructions``,
+``goracs.models.encoding``, ``goracs.models.lm_head``, ``goracs.evaluation.*``) as free functions that receive
+plain values (prompts, token ids, candidate ids), and a task composes them. The stages import only the protocol, so
+no import runs back up. The torch-side pieces are imported when a method is called, so that ``stage=data`` (which
+builds a task) never imports torch.
 
-The pieces themselves stay in the stage modules (``goracs.data.instructions``, ``goracs.models.encoding``,
-``goracs.models.lm_head``, ``goracs.evaluation.*``) as free functions; a task composes them. The methods import them
-when called: the stage modules import this one (no cycle), and the data stage and the report never import torch.
+Per-sample losses (the quantity whose gradient is taken, spec ``goracs.md`` §2.3) and EL2N (Paul et al. 2021:
+``‖softmax(z) − onehot(y)‖₂``; there is no official LLM definition):
 
-Strings name tasks only as data (``Samples.task``, cache keys, ``metrics.json``); :func:`as_task` turns a name, a
-config mapping or a task into a task, looking a name up in ``conf/task/`` (the config group is the registry).
+* SeqRec: loss = mean next-token cross-entropy over every counted token of ``prompt + output + EOS`` (prompt
+  included, as the official gradient code); EL2N = the per-token error norm ``‖softmax(z_t) − onehot(y_t)‖₂`` over
+  the full vocabulary, averaged over the **response** tokens (a sample whose response was cut off by ``cutoff_len``
+  falls back to all its counted tokens; :mod:`goracs.models.lm_head`).
+* CTR: loss = two-way cross-entropy over ``[z_Yes, z_No]`` at the last prompt token; EL2N over the two answer
+  classes, ``√2 · |P(Yes) − y|``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    from goracs.data.instructions import DomainText
+from goracs.data.instructions import DomainText, ctr_fields, seqrec_fields
+from goracs.data.prompts import alpaca_prompt
+from goracs.evaluation.records import classification_metrics, ranking_metrics
+from goracs.task_protocol import Task
 
-
-@runtime_checkable
-class Task(Protocol):
-    """What a task provides (module docstring). ``purpose``: ``train`` (fine-tuning, gradients) or ``infer``
-    (generation, scoring)."""
-
-    name: str
-    faithful_prompts: bool
-    like_threshold: float
-    test_negatives: bool  # the data stage draws data.n_negatives sampled negatives per test sample
-    answers: tuple[str, str] | None  # the answer words it scores (CTR: Yes, No); None for a generative task
-    required_columns: tuple[str, ...]  # sample columns fine-tuning reads
-    objective: str  # metrics.json key a Hydra sweeper optimises (never a test metric)
-    objective_direction: str  # minimize | maximize
-
-    def check_tables(self, tables: Any, data_name: str) -> None: ...
-    def prompt_fields(self, text: DomainText, history: list[str], history_ratings: list[float], target: str,
-                      label: int, *, like_threshold: float, faithful: bool) -> tuple[str, str, str]: ...
-    def supports_feature(self, name: str) -> bool: ...
-    def prompt(self, sample: Mapping, *, purpose: str = "train", faithful: bool = True) -> str: ...
-    def embedding_text(self, sample: Mapping, *, faithful: bool) -> str: ...
-    def encode(self, tokenizer, sample: Mapping, *, faithful: bool, cutoff_len: int, train_on_inputs: bool = True,
-               response_mask: bool = False) -> dict: ...
-    def answer_ids(self, tokenizer) -> tuple[int, int] | None: ...
-    def losses(self, model, batch: Mapping, *, answer_ids: tuple[int, int] | None, position_ids=None,
-               want_el2n: bool = False) -> tuple[Any, Any]: ...
-    def logits_losses(self, logits, batch: Mapping, *, answer_ids: tuple[int, int] | None,
-                      want_el2n: bool = False) -> tuple[Any, Any]: ...
-    def class_labels(self, frame: pd.DataFrame) -> np.ndarray | None: ...
-    def test_records(self, model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, records: pd.DataFrame, *,
-                     faithful: bool, options: Mapping[str, Any]) -> pd.DataFrame: ...
-    def metrics(self, records: pd.DataFrame, topk: Sequence[int]) -> dict[str, float]: ...
-    def metric_names(self, topk: Sequence[int], ranking: str = "grounding") -> tuple[str, ...]: ...
-
-
-def as_task(task: Task | str | Mapping[str, Any]) -> Task:
-    """A task from a task, its name (``conf/task/<name>.yaml``) or a config mapping (with ``_target_``:
-    instantiated as it is; without: looked up by ``name``, its ``faithful_prompts`` and ``like_threshold`` kept)."""
-    if isinstance(task, str):
-        return task_for_name(task)
-    if isinstance(task, Mapping):
-        if "_target_" in task:  # a flat node: its class called with its keys (as hydra's instantiate would)
-            from hydra.utils import get_class
-
-            return get_class(task["_target_"])(**{k: v for k, v in task.items() if k != "_target_"})
-        keys = {k: task[k] for k in ("faithful_prompts", "like_threshold") if k in task}
-        return task_for_name(task.get("name"), **keys)
-    return task
-
-
-def task_for_name(name: Any, **keys: Any) -> Task:
-    """The task of ``conf/task/<name>.yaml``, with ``keys`` replacing that file's values."""
-    from goracs.config_dir import CONF_DIR
-
-    folder = Path(CONF_DIR) / "task"
-    path = folder / f"{name}.yaml"
-    if not isinstance(name, str) or not path.is_file():
-        known = sorted(p.stem for p in folder.glob("*.yaml"))
-        raise ValueError(f"task.name={name!r} is unknown (task={name!r}: no {path}); expected one of {known}")
-    return as_task({**_task_file(str(path)), **keys})
-
-
-@lru_cache(maxsize=None)
-def _task_file(path: str) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+__all__ = ["CTRTask", "SeqRecTask", "Task"]
 
 
 @dataclass(frozen=True)
@@ -127,16 +59,12 @@ class SeqRecTask:
 
     def prompt_fields(self, text: DomainText, history: list[str], history_ratings: list[float], target: str,
                       label: int, *, like_threshold: float, faithful: bool) -> tuple[str, str, str]:
-        from goracs.data.instructions import seqrec_fields
-
         return seqrec_fields(text, history, target, faithful=faithful)
 
     def supports_feature(self, name: str) -> bool:
         return True  # every feature of goracs.features.FeatureStore
 
     def prompt(self, sample: Mapping, *, purpose: str = "train", faithful: bool = True) -> str:
-        from goracs.data.prompts import alpaca_prompt
-
         # The official code: one space after "request." when training, two at inference.
         header = "infer" if purpose == "infer" else "train"
         return alpaca_prompt(sample["instruction"], sample["input"], header=header, faithful=faithful)
@@ -184,11 +112,13 @@ class SeqRecTask:
                      faithful: bool, options: Mapping[str, Any]) -> pd.DataFrame:
         from goracs.evaluation.evaluate import seqrec_records
 
-        return seqrec_records(self, model, tokenizer, test, items, records, faithful=faithful, **options)
+        rows = test.to_dict("records")
+        return seqrec_records(model, tokenizer, test, items, records,
+                              train_prompts=[self.prompt(r, purpose="train", faithful=faithful) for r in rows],
+                              infer_prompts=[self.prompt(r, purpose="infer", faithful=faithful) for r in rows],
+                              **options)
 
     def metrics(self, records: pd.DataFrame, topk: Sequence[int]) -> dict[str, float]:
-        from goracs.evaluation.records import ranking_metrics
-
         return ranking_metrics(records, topk)
 
     def metric_names(self, topk: Sequence[int], ranking: str = "grounding") -> tuple[str, ...]:
@@ -222,8 +152,6 @@ class CTRTask:
 
     def prompt_fields(self, text: DomainText, history: list[str], history_ratings: list[float], target: str,
                       label: int, *, like_threshold: float, faithful: bool) -> tuple[str, str, str]:
-        from goracs.data.instructions import ctr_fields
-
         liked = [t for t, r in zip(history, history_ratings) if r > like_threshold]
         disliked = [t for t, r in zip(history, history_ratings) if not r > like_threshold]
         return ctr_fields(text, liked, disliked, target, int(label))
@@ -232,8 +160,6 @@ class CTRTask:
         return True  # every feature of goracs.features.FeatureStore
 
     def prompt(self, sample: Mapping, *, purpose: str = "train", faithful: bool = True) -> str:
-        from goracs.data.prompts import alpaca_prompt
-
         # TALLRec's one header, for training, evaluation and embedding alike.
         return alpaca_prompt(sample["instruction"], sample["input"], header="ctr", faithful=faithful)
 
@@ -294,8 +220,6 @@ class CTRTask:
         return pd.concat([records, ctr_records(test["label"].to_numpy(), p)], axis=1)
 
     def metrics(self, records: pd.DataFrame, topk: Sequence[int]) -> dict[str, float]:
-        from goracs.evaluation.records import classification_metrics
-
         return classification_metrics(records)
 
     def metric_names(self, topk: Sequence[int], ranking: str = "grounding") -> tuple[str, ...]:

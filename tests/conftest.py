@@ -30,6 +30,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def task_named(name: str, **keys):
+    """The task of ``conf/task/<name>.yaml``: its ``_target_`` class built from the file's keys, ``keys`` replacing
+    them. The tests' one way from a task's name to a task object (``goracs-run`` builds it from the composed config;
+    no stage looks a task up)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    return instantiate(OmegaConf.load(REPO_ROOT / "conf" / "task" / f"{name}.yaml"), **keys)
+
+
+SEQREC, CTR = task_named("seqrec"), task_named("ctr")  # the two built-in tasks as their yaml files build them
+
+
 def compose_run_config(overrides: list[str], out_dir: Path, cache_dir: Path):
     """Compose conf/config.yaml as `goracs-run` would, with outputs and caches under the given folders."""
     from hydra import compose, initialize_config_dir

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from conftest import task_named
 from goracs.data import prepare_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,13 +33,7 @@ def data_config(preset: str, **overrides) -> dict:
     return data
 
 
-def task_config(name: str, **overrides) -> dict:
-    task = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "task" / f"{name}.yaml"))
-    task.update(overrides)
-    return task
-
-
 @lru_cache(maxsize=8)
 def built(preset: str, task: str, seed: int = 0, overrides: tuple = ()):
     """Samples for a preset (memoised across tests; never cached on disk)."""
-    return prepare_samples(data_config(preset, **dict(overrides)), task_config(task), seed, None)
+    return prepare_samples(data_config(preset, **dict(overrides)), task_named(task), seed, None)

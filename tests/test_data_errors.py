@@ -7,8 +7,9 @@ import shutil
 
 import pandas as pd
 import pytest
-from data_fixtures import data_config, task_config
+from data_fixtures import data_config
 
+from conftest import task_named
 from goracs.data import SampleOptions, Tables, build_samples, prepare_samples
 from goracs.data.amazon import AmazonReviews
 from goracs.data.dealrec import DealRecSequences
@@ -36,7 +37,7 @@ def test_missing_file_is_named(tmp_path):
 def test_missing_path_through_prepare_samples(tmp_path):
     data = data_config("gift_cards", **{"source.path": str(tmp_path)})
     with pytest.raises(FileNotFoundError, match=r"Gift_Cards_5\.json\.gz.*meta_Gift_Cards\.json\.gz"):
-        prepare_samples(data, task_config("seqrec"), 0, None)
+        prepare_samples(data, task_named("seqrec"), 0, None)
 
 
 def test_malformed_movielens_line_names_file_and_line(tmp_path):
@@ -88,7 +89,7 @@ def test_unknown_encoding_names_the_option(tmp_path):
         MovieLens100K(str(tmp_path), encoding="latin-99")
     data = data_config("ml100k", **{"source.encoding": "latin-99"})
     with pytest.raises(ValueError, match=r"latin-99"):
-        prepare_samples(data, task_config("seqrec"), 0, None)
+        prepare_samples(data, task_named("seqrec"), 0, None)
 
 
 def test_wrong_encoding_is_reported(tmp_path):
@@ -100,7 +101,7 @@ def test_wrong_encoding_is_reported(tmp_path):
 
 def test_filter_that_leaves_nothing():
     with pytest.raises(ValueError, match=r"no interaction is left after the title filter.*min_title_len=1000"):
-        prepare_samples(data_config("ml100k", min_title_len=1000), task_config("seqrec"), 0, None)
+        prepare_samples(data_config("ml100k", min_title_len=1000), task_named("seqrec"), 0, None)
 
 
 def test_negatives_impossible_names_the_user():
@@ -109,13 +110,13 @@ def test_negatives_impossible_names_the_user():
     items = pd.DataFrame({"item": [f"i{k}" for k in range(10)], "title": [f"Title {k}" for k in range(10)]})
     inter["timestamp"] = [1, 2, 3, 4, 5, 6, 7, 100, 8, 9]  # greedy's last item is the latest target -> test
     with pytest.raises(ValueError, match=r"negatives for user 'greedy'.*8 of the 10"):
-        build_samples(Tables(inter, items), task="seqrec", domain="generic", name="toy", like_threshold=3,
+        build_samples(Tables(inter, items), task=task_named("seqrec"), domain="generic", name="toy", like_threshold=3,
                       faithful=True, options=SampleOptions(valid_size=0, test_size=1, n_negatives=5), seed=0)
 
 
 def test_ctr_on_dealrec_is_refused(shared_data):
     with pytest.raises(ValueError, match=r"task=ctr needs a rating.*DEALRec"):
-        prepare_samples(data_config("dealrec_games"), task_config("ctr"), 0, None)
+        prepare_samples(data_config("dealrec_games"), task_named("ctr"), 0, None)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -127,11 +128,11 @@ def test_ctr_on_dealrec_is_refused(shared_data):
 ])
 def test_bad_options(override, message):
     with pytest.raises(ValueError, match=message):
-        prepare_samples(data_config("ml100k", **override), task_config("seqrec"), 0, None)
+        prepare_samples(data_config("ml100k", **override), task_named("seqrec"), 0, None)
 
 
 def test_unknown_task_and_presplit_sizes(shared_data):
     with pytest.raises(ValueError, match=r"task\.name='rank' is unknown"):
         prepare_samples(data_config("ml100k"), {"name": "rank"}, 0, None)
     with pytest.raises(ValueError, match=r"fixes its own split"):
-        prepare_samples(data_config("dealrec_games", valid_size=0.1), task_config("seqrec"), 0, None)
+        prepare_samples(data_config("dealrec_games", valid_size=0.1), task_named("seqrec"), 0, None)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import SEQREC
 from goracs.data.samples import Samples
 from goracs.errors import ConfigError
 from goracs.features import FeatureStore
@@ -34,7 +35,7 @@ def toy_samples(n: int = 30, length: int = 5, seed: int = 0) -> Samples:
 def store(samples: Samples, cache: Path, surrogate: dict | None = None, influence: dict | None = None) -> FeatureStore:
     config = {**SMALL, "surrogate": {**SMALL["surrogate"], **(surrogate or {})},
               "influence": {**SMALL["influence"], **(influence or {})}}
-    return FeatureStore(samples, None, None, None, faithful=True, config=config, cache_dir=cache)
+    return FeatureStore(samples, None, None, None, faithful=True, config=config, cache_dir=cache, task=SEQREC)
 
 
 def files(cache: Path, kind: str) -> set[str]:

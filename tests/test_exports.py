@@ -10,6 +10,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel
 
+from conftest import CTR, SEQREC
 from goracs.exports import save_adapter, write_official_coreset
 from goracs.models.backbone import TinyLlamaBackbone
 from goracs.models.encoding import tokenizer_corpus
@@ -79,7 +80,7 @@ def _train(n: int = 10) -> pd.DataFrame:
 def test_official_coreset_round_trip(tmp_path):
     train = _train()
     indices = np.array([7, 0, 3, 2])
-    path = write_official_coreset(train, indices, tmp_path / "coreset_official.json", task="ctr")
+    path = write_official_coreset(train, indices, tmp_path / "coreset_official.json", task=CTR)
     rows = json.loads(path.read_text(encoding="utf-8"))
     assert rows == [{k: train.loc[i, k] for k in ("instruction", "input", "output")} for i in indices]
     assert all(list(r) == ["instruction", "input", "output"] for r in rows)
@@ -98,19 +99,17 @@ def test_official_coreset_round_trip(tmp_path):
 ])
 def test_official_coreset_bad_indices(tmp_path, indices, match):
     with pytest.raises(ValueError, match=match):
-        write_official_coreset(_train(), indices, tmp_path / "c.json", task="ctr")
+        write_official_coreset(_train(), indices, tmp_path / "c.json", task=CTR)
     assert not (tmp_path / "c.json").exists()
 
 
-def test_official_coreset_bad_frame_or_task(tmp_path):
+def test_official_coreset_bad_frame(tmp_path):
     with pytest.raises(ValueError, match=r"\['output'\]"):
-        write_official_coreset(_train().drop(columns="output"), [0], tmp_path / "c.json", task="ctr")
-    with pytest.raises(ValueError, match="task='rank'"):
-        write_official_coreset(_train(), [0], tmp_path / "c.json", task="rank")
+        write_official_coreset(_train().drop(columns="output"), [0], tmp_path / "c.json", task=CTR)
     bad = _train()
     bad.loc[2, "input"] = None
     with pytest.raises(ValueError, match="training sample 2 has non-text"):
-        write_official_coreset(bad, [1, 2], tmp_path / "c.json", task="seqrec")
+        write_official_coreset(bad, [1, 2], tmp_path / "c.json", task=SEQREC)
 
 
 def test_a_job_leaves_a_peft_adapter_and_the_official_coreset(tmp_path):

@@ -11,9 +11,9 @@ import pytest
 import torch
 from peft import LoraConfig
 
+from conftest import CTR, SEQREC, task_named
 from goracs.features import FeatureStore, GradientExtractor, make_projection, select_lora_params
 from goracs.features.gradients import encode_split
-from goracs.features.losses import el2n
 from goracs.models.backbone import TinyLlamaBackbone
 from goracs.models.encoding import IGNORE, answer_token_ids
 from goracs.models.lora import attach_lora
@@ -67,8 +67,6 @@ def tiny_model(samples, *, random_b: bool):
 
 def reference_grads(model, fn: GradientExtractor, items, params) -> tuple[np.ndarray, np.ndarray]:
     """One sample at a time, unpadded, through ordinary ``loss.backward()`` and ``param.grad``."""
-    from goracs.features.losses import task_loss
-
     losses, grads = [], []
     for item in items:
         batch = fn.collate([item])
@@ -76,7 +74,7 @@ def reference_grads(model, fn: GradientExtractor, items, params) -> tuple[np.nda
         for p in params.values():
             p.weight.grad = None
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        loss = task_loss(fn.task, out.logits, batch, fn.yes_no)[0]
+        loss = fn.task.logits_losses(out.logits, batch, answer_ids=fn.yes_no)[0][0]
         loss.backward()
         losses.append(loss.item())
         grads.append(torch.cat([p.weight.grad.flatten() for p in params.values()]).numpy())
@@ -92,11 +90,11 @@ def reference_grads(model, fn: GradientExtractor, items, params) -> tuple[np.nda
 def test_batched_per_sample_gradients_equal_one_at_a_time_loop(task, pattern, dropout, random_b):
     samples = make_samples(task)
     model, tok = tiny_model(samples, random_b=random_b)
-    items = encode_split(samples.train, task, tok, cutoff_len=512, faithful=True)
+    items = encode_split(samples.train, task_named(task), tok, cutoff_len=512, faithful=True)
     lengths = {len(it["input_ids"]) for it in items}
     assert len(lengths) > 2  # the batch really is padded
     yes_no = answer_token_ids(tok) if task == "ctr" else None
-    fn = GradientExtractor(model, task, pattern, pad_id=tok.pad_token_id, yes_no=yes_no, dropout=dropout,
+    fn = GradientExtractor(model, task_named(task), pattern, pad_id=tok.pad_token_id, yes_no=yes_no, dropout=dropout,
                            dropout_seed=3, projection=None, want=["loss", "grad_norm", "grad_proj", "el2n"])
     fn.prepare(torch.device("cpu"))
     batched = fn(fn.collate(items))
@@ -112,10 +110,10 @@ def test_batched_per_sample_gradients_equal_one_at_a_time_loop(task, pattern, dr
 def test_dropout_masks_change_the_gradient_and_are_seeded():
     samples = make_samples("seqrec")
     model, tok = tiny_model(samples, random_b=False)
-    items = encode_split(samples.train, "seqrec", tok, cutoff_len=512, faithful=True)
+    items = encode_split(samples.train, SEQREC, tok, cutoff_len=512, faithful=True)
 
     def norms(dropout: bool, seed: int) -> np.ndarray:
-        fn = GradientExtractor(model, "seqrec", r"layers\.{last}\.self_attn\.v_proj\.lora_B\.",
+        fn = GradientExtractor(model, SEQREC, r"layers\.{last}\.self_attn\.v_proj\.lora_B\.",
                                pad_id=tok.pad_token_id, yes_no=None, dropout=dropout, dropout_seed=seed,
                                projection=None, want=["grad_norm"])
         fn.prepare(torch.device("cpu"))
@@ -161,7 +159,8 @@ def test_el2n_matches_brute_force_definition():
     logits = torch.randn(2, 5, 7, generator=gen)
     labels = torch.tensor([[IGNORE, 1, 2, 3, 4], [IGNORE, IGNORE, 5, 6, 0]])
     response = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 0, 0]])  # sample 2: response cut off -> all counted tokens
-    got = el2n("seqrec", logits, {"labels": labels, "response": response}, None).numpy()
+    got = SEQREC.logits_losses(logits, {"labels": labels, "response": response}, answer_ids=None, want_el2n=True)[1]
+    got = got.numpy()
     p = torch.softmax(logits, -1).numpy()
 
     def err(b, t):  # position t predicts label t+1
@@ -170,7 +169,7 @@ def test_el2n_matches_brute_force_definition():
 
     np.testing.assert_allclose(got, [np.mean([err(0, 2), err(0, 3)]), np.mean([err(1, 1), err(1, 2), err(1, 3)])],
                                rtol=1e-5)
-    ctr = el2n("ctr", logits, {"label": torch.tensor([1, 0])}, (2, 4)).numpy()
+    ctr = CTR.logits_losses(logits, {"label": torch.tensor([1, 0])}, answer_ids=(2, 4), want_el2n=True)[1].numpy()
     pair = torch.softmax(logits[:, -1, [2, 4]], -1).numpy()
     np.testing.assert_allclose(ctr, [np.linalg.norm(pair[0] - [1, 0]), np.linalg.norm(pair[1] - [0, 1])], rtol=1e-5)
 
@@ -192,7 +191,8 @@ class CountingBackbone:
 
 
 def _store(samples, cache, backbone, **config):
-    return FeatureStore(samples, backbone, LoraConfig(**LORA), None, faithful=True, config=config, cache_dir=cache)
+    return FeatureStore(samples, backbone, LoraConfig(**LORA), None, faithful=True, config=config, cache_dir=cache,
+                        task=task_named(samples.task))
 
 
 def test_cache_reuse_truncation_and_keys(tmp_path):
@@ -267,10 +267,10 @@ def test_minilm_embeddings_similarity_and_manual_mean_pool(tmp_path):
 def test_batched_gradients_on_cuda_match_cpu_loop(task):
     samples = make_samples(task)
     model, tok = tiny_model(samples, random_b=True)
-    items = encode_split(samples.train, task, tok, cutoff_len=512, faithful=True)
+    items = encode_split(samples.train, task_named(task), tok, cutoff_len=512, faithful=True)
     yes_no = answer_token_ids(tok) if task == "ctr" else None
     pattern = r"v_proj\.lora_[AB]"
-    fn = GradientExtractor(model, task, pattern, pad_id=tok.pad_token_id, yes_no=yes_no, dropout=False,
+    fn = GradientExtractor(model, task_named(task), pattern, pad_id=tok.pad_token_id, yes_no=yes_no, dropout=False,
                            dropout_seed=0, projection=None,
                            want=["loss", "grad_proj"])
     fn.prepare(torch.device("cpu"))
@@ -290,7 +290,7 @@ def test_llm_text_embedding_is_last_token_final_hidden_state(tmp_path):
 
     with torch.no_grad():  # one text at a time, unpadded: hidden state after the final norm at the last token
         manual = [model(**tok(t, return_tensors="pt"), output_hidden_states=True).hidden_states[-1][0, -1].numpy()
-                  for t in embedding_texts(samples.valid, "ctr", faithful=True)]
+                  for t in embedding_texts(samples.valid, CTR, faithful=True)]
     np.testing.assert_allclose(emb, np.stack(manual), rtol=1e-4, atol=1e-5)
     other = _store(samples, tmp_path, CountingBackbone(), text_encoder="minilm")
     assert other.key("text_emb", "valid") != store.key("text_emb", "valid")
@@ -345,8 +345,8 @@ def test_dropout_masks_are_the_same_on_cuda_and_cpu():
     """Masks come from a CPU generator, so features (not keyed by device) agree across devices with dropout on."""
     samples = make_samples("seqrec")
     model, tok = tiny_model(samples, random_b=True)
-    items = encode_split(samples.train, "seqrec", tok, cutoff_len=512, faithful=True)
-    fn = GradientExtractor(model, "seqrec", r"v_proj\.lora_[AB]", pad_id=tok.pad_token_id, yes_no=None,
+    items = encode_split(samples.train, SEQREC, tok, cutoff_len=512, faithful=True)
+    fn = GradientExtractor(model, SEQREC, r"v_proj\.lora_[AB]", pad_id=tok.pad_token_id, yes_no=None,
                            dropout=True, dropout_seed=4, projection=None, want=["loss", "grad_proj"])
     fn.prepare(torch.device("cpu"))
     cpu = fn(fn.collate(items))

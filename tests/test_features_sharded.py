@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from peft import LoraConfig
 
+from conftest import SEQREC, task_named
 from goracs.features import FeatureStore
 from goracs.models.backbone import TinyLlamaBackbone
 from test_features import LORA, make_samples
@@ -24,7 +25,7 @@ def test_two_processes_equal_one(tmp_path, task):
         store = FeatureStore(samples, TinyLlamaBackbone(), LoraConfig(**LORA), None, faithful=True,
                              config={"num_processes": processes, "batch_size": 2, "projection": "countsketch",
                                      "proj_dim": 32, "device": "cpu"},
-                             cache_dir=tmp_path / f"p{processes}")
+                             cache_dir=tmp_path / f"p{processes}", task=task_named(task))
         names = ["grad_norm", "grad_proj", "loss", "el2n"] + (["text_emb"] if HAVE_MINILM else [])
         out = {name: store.get(name) for name in names}
         assert len(store.computed) == len(names)
@@ -78,8 +79,8 @@ def test_length_sorted_gradient_pass_equals_one_sample_at_a_time():
 
     samples = make_samples("seqrec", n_train=9)
     model, tok = tiny_model(samples, random_b=True)
-    items = encode_split(samples.train, "seqrec", tok, cutoff_len=512, faithful=True)
-    fn = GradientExtractor(model, "seqrec", r"v_proj\.lora_B", pad_id=tok.pad_token_id, yes_no=None, dropout=True,
+    items = encode_split(samples.train, SEQREC, tok, cutoff_len=512, faithful=True)
+    fn = GradientExtractor(model, SEQREC, r"v_proj\.lora_B", pad_id=tok.pad_token_id, yes_no=None, dropout=True,
                            dropout_seed=1, projection=None, want=["loss", "el2n", "grad_norm", "grad_proj"])
     batched = run_batches(fn, items, batch_size=4, device="cpu")
     fn.prepare(torch.device("cpu"))

@@ -17,9 +17,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from peft import LoraConfig
 
+from conftest import CTR, SEQREC, task_named
 from goracs.models.backbone import TinyLlamaBackbone
 from goracs.models.datamodule import RecDataModule
-from goracs.models.encoding import IGNORE, answer_token_ids, prompt_text
+from goracs.models.encoding import IGNORE, answer_token_ids
 from goracs.models.finetune import TrainerConfig, fine_tune
 from goracs.models.lora import attach_lora
 from goracs.models.module import LoraRecModule
@@ -50,7 +51,7 @@ def make_samples(n: int, task: str, seed: int) -> pd.DataFrame:
 
 
 def tiny_model(frames: list[pd.DataFrame], task: str):
-    texts = [prompt_text(r, task) + r["output"] for f in frames for r in f.to_dict("records")]
+    texts = [task_named(task).prompt(r) + r["output"] for f in frames for r in f.to_dict("records")]
     model, tok = TinyLlamaBackbone(seed=0).load(texts)
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     torch.manual_seed(0)  # LoRA A is drawn from torch's global generator: seed it, as the run does before attaching
@@ -78,9 +79,10 @@ def lora_state(model) -> dict[str, torch.Tensor]:
 
 
 def mean_val_loss(model, tok, valid: pd.DataFrame, task: str) -> float:
-    data = RecDataModule(tok, valid.iloc[:1], valid, task=task, eval_batch_size=4)
+    data = RecDataModule(tok, valid.iloc[:1], valid, task=task_named(task), eval_batch_size=4)
     data.setup()
-    module = LoraRecModule(model, task=task, lr=1e-3, answer_ids=answer_token_ids(tok) if task == "ctr" else None)
+    module = LoraRecModule(model, task=task_named(task), lr=1e-3,
+                           answer_ids=answer_token_ids(tok) if task == "ctr" else None)
     model.eval()
     with torch.no_grad():
         losses = torch.cat([module.per_sample_loss(b) for b in data.val_dataloader()])
@@ -92,7 +94,7 @@ def test_short_fit_keeps_only_lora_weights_in_checkpoint(task, tmp_path):
     train, valid = make_samples(12, task, 0), make_samples(6, task, 1)
     model, tok = tiny_model([train, valid], task)
     before = lora_state(model)
-    result = fine_tune(model, tok, train, valid, task=task, faithful=True,
+    result = fine_tune(model, tok, train, valid, task=task_named(task), faithful=True,
                        trainer=trainer_conf(lr=1e-2, lightning={"max_epochs": 2}), out_dir=tmp_path, seed=0)
     assert result.epochs == 2 and result.steps == 4   # 12 samples / batch 8 -> 2 steps per epoch
     assert len(result.val_history) == 2 and math.isfinite(result.best_val_loss)
@@ -109,10 +111,11 @@ def test_short_fit_keeps_only_lora_weights_in_checkpoint(task, tmp_path):
 def test_loss_decreases_on_a_repeated_batch(task):
     train = make_samples(8, task, 0)
     model, tok = tiny_model([train], task)
-    data = RecDataModule(tok, train, None, task=task, batch_size=8)
+    data = RecDataModule(tok, train, None, task=task_named(task), batch_size=8)
     data.setup()
     batch = next(iter(data.train_dataloader()))
-    module = LoraRecModule(model, task=task, lr=1e-2, answer_ids=answer_token_ids(tok) if task == "ctr" else None)
+    module = LoraRecModule(model, task=task_named(task), lr=1e-2,
+                           answer_ids=answer_token_ids(tok) if task == "ctr" else None)
     losses = adapter_losses(module, model, batch, lr=5e-2, steps=10)
     # A random-init model learns slowly through a rank-4 q/v adapter: ask for a clear decrease of the smoothed loss.
     # (Same batch, no dropout: nothing but the updates changes the loss.)
@@ -124,7 +127,7 @@ def test_best_checkpoint_is_restored_not_the_last_epoch(tmp_path):
     # epoch and rises afterwards (deterministic on CPU with these seeds).
     train, valid = make_samples(16, "ctr", 0), make_samples(8, "ctr", 1)
     model, tok = tiny_model([train, valid], "ctr")
-    result = fine_tune(model, tok, train, valid, task="ctr", faithful=True,
+    result = fine_tune(model, tok, train, valid, task=CTR, faithful=True,
                        trainer=trainer_conf(lr=1e-2, patience=5, lightning={"max_epochs": 3}), out_dir=tmp_path,
                        seed=0)
     history = result.val_history
@@ -137,7 +140,7 @@ def test_best_checkpoint_is_restored_not_the_last_epoch(tmp_path):
 def test_early_stopping_stops_after_patience(tmp_path):
     train, valid = make_samples(16, "ctr", 0), make_samples(8, "ctr", 1)
     model, tok = tiny_model([train, valid], "ctr")
-    result = fine_tune(model, tok, train, valid, task="ctr", faithful=True,
+    result = fine_tune(model, tok, train, valid, task=CTR, faithful=True,
                        trainer=trainer_conf(lr=1e-2, patience=1, lightning={"max_epochs": 6}), out_dir=tmp_path,
                        seed=0)
     best = int(np.argmin(result.val_history))
@@ -147,7 +150,7 @@ def test_early_stopping_stops_after_patience(tmp_path):
 def test_empty_valid_trains_without_validation(tmp_path):
     train = make_samples(8, "seqrec", 0)
     model, tok = tiny_model([train], "seqrec")
-    result = fine_tune(model, tok, train, train.iloc[:0], task="seqrec", faithful=True,
+    result = fine_tune(model, tok, train, train.iloc[:0], task=SEQREC, faithful=True,
                        trainer=trainer_conf(lightning={"max_epochs": 2}), out_dir=tmp_path, seed=0)
     assert math.isnan(result.best_val_loss) and result.val_history == []
     assert result.epochs == 2 and result.ckpt is not None and result.ckpt.exists()
@@ -161,7 +164,7 @@ def test_same_seed_same_adapter(tmp_path):
     states = []
     for run in range(2):
         model, tok = tiny_model([train, valid], "seqrec")
-        fine_tune(model, tok, train, valid, task="seqrec", faithful=True,
+        fine_tune(model, tok, train, valid, task=SEQREC, faithful=True,
                   trainer=trainer_conf(lightning={"max_epochs": 1}),
                   out_dir=tmp_path / str(run), seed=3)
         states.append(lora_state(model))
@@ -171,10 +174,10 @@ def test_same_seed_same_adapter(tmp_path):
 def test_train_on_inputs_false_masks_the_prompt():
     train = make_samples(2, "seqrec", 0)
     _, tok = tiny_model([train], "seqrec")
-    masked = RecDataModule(tok, train, None, task="seqrec", train_on_inputs=False).encode(train)[0]
-    full = RecDataModule(tok, train, None, task="seqrec", train_on_inputs=True).encode(train)[0]
+    masked = RecDataModule(tok, train, None, task=SEQREC, train_on_inputs=False).encode(train)[0]
+    full = RecDataModule(tok, train, None, task=SEQREC, train_on_inputs=True).encode(train)[0]
     assert full["labels"][1:] == full["input_ids"][1:]  # (nothing predicts the first token: it is -100)
-    n_prompt = len(tok(prompt_text(train.iloc[0], "seqrec"))["input_ids"])
+    n_prompt = len(tok(SEQREC.prompt(train.iloc[0]))["input_ids"])
     assert masked["labels"][:n_prompt] == [IGNORE] * n_prompt
     assert masked["labels"][n_prompt:] == full["labels"][n_prompt:]
 
@@ -182,7 +185,7 @@ def test_train_on_inputs_false_masks_the_prompt():
 def test_batches_are_left_padded():
     train = make_samples(4, "ctr", 0)
     _, tok = tiny_model([train], "ctr")
-    data = RecDataModule(tok, train, None, task="ctr", batch_size=4)
+    data = RecDataModule(tok, train, None, task=CTR, batch_size=4)
     data.setup()
     batch = data.collate(data.train_set)
     assert batch["attention_mask"][:, -1].all()          # every sample ends at the last column
@@ -210,17 +213,17 @@ def test_bad_trainer_config_names_the_key(tmp_path):
     train = make_samples(4, "seqrec", 0)
     model, tok = tiny_model([train], "seqrec")
     with pytest.raises(ValueError, match=r"trainer\.learning_rate: unknown option; expected one of \[.*'lr'"):
-        fine_tune(model, tok, train, train, task="seqrec", faithful=True,
+        fine_tune(model, tok, train, train, task=SEQREC, faithful=True,
                   trainer={**trainer_conf(), "learning_rate": 1e-3}, out_dir=tmp_path, seed=0)
     no_patience = {k: v for k, v in trainer_conf().items() if k != "patience"}
     with pytest.raises(ValueError, match=r"trainer\.patience: missing"):
-        fine_tune(model, tok, train, train, task="seqrec", faithful=True, trainer=no_patience, out_dir=tmp_path,
+        fine_tune(model, tok, train, train, task=SEQREC, faithful=True, trainer=no_patience, out_dir=tmp_path,
                   seed=0)
     with pytest.raises(ValueError, match=r"trainer\.patience=0: expected >= 1"):
-        fine_tune(model, tok, train, train, task="seqrec", faithful=True, trainer=trainer_conf(patience=0),
+        fine_tune(model, tok, train, train, task=SEQREC, faithful=True, trainer=trainer_conf(patience=0),
                   out_dir=tmp_path, seed=0)
     with pytest.raises(ValueError, match="training set is empty"):
-        fine_tune(model, tok, train.iloc[:0], train, task="seqrec", faithful=True, trainer=trainer_conf(),
+        fine_tune(model, tok, train.iloc[:0], train, task=SEQREC, faithful=True, trainer=trainer_conf(),
                   out_dir=tmp_path, seed=0)
 
 
@@ -228,7 +231,7 @@ def test_ddp_two_cpu_processes_complete_a_tiny_fit(tmp_path):
     train, valid = make_samples(16, "seqrec", 0), make_samples(4, "seqrec", 1)
     model, tok = tiny_model([train, valid], "seqrec")
     before = lora_state(model)
-    result = fine_tune(model, tok, train, valid, task="seqrec", faithful=True,
+    result = fine_tune(model, tok, train, valid, task=SEQREC, faithful=True,
                        trainer=trainer_conf("ddp", lr=1e-2, lightning={"max_epochs": 1}), out_dir=tmp_path, seed=0)
     assert result.steps == 2                            # 16 samples / (batch 4 x 2 processes)
     assert result.ckpt.exists() and math.isfinite(result.best_val_loss)

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import CTR, SEQREC
 from goracs.data.instructions import seqrec_response
 from goracs.evaluation.evaluate import evaluate, ranked_rows
 from goracs.evaluation.likelihood import candidate_scores, candidate_tokens, likelihood_rank, response_losses
-from goracs.evaluation.records import metrics_from_records, ndcg_gain
-from goracs.models.encoding import encode_prompt, prompt_text
+from goracs.evaluation.records import ndcg_gain
+from goracs.models.encoding import encode_prompt
 from test_metrics import TITLES, _set_lora_b, _test_frame, _texts, _tiny_peft
 
 
@@ -42,7 +43,7 @@ def test_kv_cache_scores_equal_one_forward_per_candidate(tiny, chunk):
     model, tok, test, _ = tiny
     responses = [seqrec_response(t) for t in TITLES]
     for row in test.to_dict("records")[:3]:
-        prompt = prompt_text(row, "seqrec", purpose="infer")
+        prompt = SEQREC.prompt(row, purpose="infer")
         fast = candidate_scores(model, tok, prompt, responses, cutoff_len=256, candidate_batch_size=chunk)
         slow = np.array([_brute_force_score(model, tok, prompt, r, 256) for r in responses])
         assert np.max(np.abs(fast - slow)) < 1e-4
@@ -51,11 +52,11 @@ def test_kv_cache_scores_equal_one_forward_per_candidate(tiny, chunk):
 
 def test_likelihood_ranks_equal_brute_force_through_evaluate(tiny):
     model, tok, test, items = tiny
-    result = evaluate(model, tok, test, items, task="seqrec", faithful=True, num_beams=1, max_new_tokens=1,
+    result = evaluate(model, tok, test, items, task=SEQREC, faithful=True, num_beams=1, max_new_tokens=1,
                       batch_size=4, topk=[1, 3], cutoff_len=256, ranking="likelihood", device="cpu")
     title = dict(zip(items["item"], items["title"]))
     for row, got in zip(test.to_dict("records"), result.records["rank_ll"]):
-        prompt = prompt_text(row, "seqrec", purpose="infer")
+        prompt = SEQREC.prompt(row, purpose="infer")
         target = _brute_force_score(model, tok, prompt, seqrec_response(title[row["item"]]), 256)
         negatives = [_brute_force_score(model, tok, prompt, seqrec_response(title[n]), 256) for n in row["negatives"]]
         assert got == sum(s > target for s in negatives)
@@ -68,7 +69,7 @@ def test_likelihood_ranks_equal_brute_force_through_evaluate(tiny):
 def test_response_loss_equals_per_sample_forward_and_keeps_row_order(tiny):
     model, tok, test, _ = tiny
     rows = test.to_dict("records")
-    prompts = [prompt_text(r, "seqrec") for r in rows]
+    prompts = [SEQREC.prompt(r) for r in rows]
     responses = [r["output"] for r in rows]
     prompts[2] = prompts[2] * 2  # unequal lengths: batches are sorted by length, results must come back in order
     got = response_losses(model, tok, prompts, responses, batch_size=4, cutoff_len=512)
@@ -88,7 +89,7 @@ def test_likelihood_rank_is_strictly_greater_count():
 
 def test_both_rankings_write_one_record_per_row_and_subset_is_fixed(tiny):
     model, tok, test, items = tiny
-    result = evaluate(model, tok, test, items, task="seqrec", faithful=True, num_beams=1, max_new_tokens=2,
+    result = evaluate(model, tok, test, items, task=SEQREC, faithful=True, num_beams=1, max_new_tokens=2,
                       batch_size=4, topk=[5], cutoff_len=256, ranking="both", ranking_rows=4, device="cpu")
     rec = result.records
     assert len(rec) == len(test) and list(rec["row"]) == list(range(len(test)))
@@ -99,17 +100,17 @@ def test_both_rankings_write_one_record_per_row_and_subset_is_fixed(tiny):
         present = rec[column].notna().to_numpy()
         assert np.array_equal(np.flatnonzero(present), ranked), column
     assert rec["loss"].notna().all()  # the test loss covers every row
-    assert result.metrics == pytest.approx(metrics_from_records(rec, "seqrec", [5]), nan_ok=True)
+    assert result.metrics == pytest.approx(SEQREC.metrics(rec, [5]), nan_ok=True)
     assert {"loss", "ndcg@5", "hit@5_full", "ndcg@5_ll", "exact_match"} <= set(result.metrics)
 
 
 def test_unknown_ranking_is_a_clear_error(tiny):
     model, tok, test, items = tiny
     with pytest.raises(ValueError, match=r"eval.ranking='beam'.*grounding"):
-        evaluate(model, tok, test, items, task="seqrec", faithful=True, num_beams=1, max_new_tokens=1,
+        evaluate(model, tok, test, items, task=SEQREC, faithful=True, num_beams=1, max_new_tokens=1,
                  batch_size=4, topk=[5], cutoff_len=256, ranking="beam", device="cpu")
     with pytest.raises(ValueError, match="eval.ranking_rows=0"):
-        evaluate(model, tok, test, items, task="seqrec", faithful=True, num_beams=1, max_new_tokens=1,
+        evaluate(model, tok, test, items, task=SEQREC, faithful=True, num_beams=1, max_new_tokens=1,
                  batch_size=4, topk=[5], cutoff_len=256, ranking_rows=0, device="cpu")
 
 
@@ -118,20 +119,20 @@ def test_candidate_missing_from_items_names_the_row(tiny):
     bad = test.copy()
     bad.at[1, "negatives"] = ["1", "4242"]
     with pytest.raises(ValueError, match="test row 1: negative item id '4242' is not in the items table"):
-        evaluate(model, tok, bad, items, task="seqrec", faithful=True, num_beams=1, max_new_tokens=1,
+        evaluate(model, tok, bad, items, task=SEQREC, faithful=True, num_beams=1, max_new_tokens=1,
                  batch_size=4, topk=[5], cutoff_len=256, ranking="likelihood", device="cpu")
 
 
-def test_metrics_from_records_hand_computed():
+def test_task_metrics_from_records_hand_computed():
     rec = pd.DataFrame({"loss": [1.0, 2.0, 3.0, np.nan], "rank": pd.array([0, 3, None, 12], dtype="Int64"),
                         "exact": pd.array([True, False, None, False], dtype="boolean")})
-    m = metrics_from_records(rec, "seqrec", [1, 5])
+    m = SEQREC.metrics(rec, [1, 5])
     assert m["loss"] == pytest.approx(2.0)                                 # NaN rows are left out
     assert m["hit@1"] == pytest.approx(1 / 3) and m["hit@5"] == pytest.approx(2 / 3)
     assert m["ndcg@5"] == pytest.approx((1 + 1 / math.log2(5)) / 3)
     assert m["exact_match"] == pytest.approx(1 / 3)
     ctr = pd.DataFrame({"label": [1, 0, 1, 0], "p_yes": [0.8, 0.3, 0.6, 0.9], "loss": [0.1, 0.2, 0.3, 0.4]})
-    c = metrics_from_records(ctr, "ctr")
+    c = CTR.metrics(ctr, (5, 10))
     assert c["auc"] == pytest.approx(2 / 4) and c["accuracy"] == pytest.approx(3 / 4)  # pairs (0.8|0.6 vs 0.3|0.9)
     assert c["loss"] == c["logloss"] == pytest.approx(0.25)
 
@@ -143,7 +144,7 @@ def test_beam_search_with_the_shared_prompt_prefill_equals_plain_generate(tiny, 
     from goracs.evaluation import grounding
 
     model, tok, test, _ = tiny
-    prompts = [prompt_text(r, "seqrec", purpose="infer") for r in test.to_dict("records")][:5]
+    prompts = [SEQREC.prompt(r, purpose="infer") for r in test.to_dict("records")][:5]
     assert len({len(encode_prompt(tok, p, cutoff_len=512)["input_ids"]) for p in prompts}) > 1  # padding
     kwargs = dict(num_beams=num_beams, max_new_tokens=6, batch_size=5, cutoff_len=512)
     shared = grounding.generate(model, tok, prompts, **kwargs)

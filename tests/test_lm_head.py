@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import SEQREC
 from goracs.features.gradients import collate, encode_split
 from goracs.models.encoding import lm_loss_per_sample
 from goracs.models.lm_head import lm_losses, losses_from_logits, split_head, token_nll
@@ -16,7 +17,7 @@ def batch_and_model(dtype=torch.float32):
     model = model.to(dtype).eval()
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name)
-    items = encode_split(samples.train, "seqrec", tok, cutoff_len=512, faithful=True)
+    items = encode_split(samples.train, SEQREC, tok, cutoff_len=512, faithful=True)
     batch = collate(items, tok.pad_token_id)
     assert len({len(it["input_ids"]) for it in items}) > 2  # padded
     return model, batch

@@ -13,12 +13,13 @@ import torch
 from peft import LoraConfig
 from sklearn.metrics import roc_auc_score
 
-from goracs.evaluation.ctr import ctr_metrics, predict_p_yes
+from conftest import CTR, SEQREC, task_named
+from goracs.evaluation.ctr import ctr_records, predict_p_yes
 from goracs.evaluation.evaluate import evaluate
 from goracs.evaluation.grounding import catalogue_positions, clean_text, embed_texts, ground_ranks, title_groups
-from goracs.evaluation.ranking import hit_at_k, ndcg_at_k
+from goracs.evaluation.records import classification_metrics, ranking_metrics
 from goracs.models.backbone import TinyLlamaBackbone
-from goracs.models.encoding import answer_token_ids, prompt_text
+from goracs.models.encoding import answer_token_ids
 from goracs.models.lora import attach_lora
 
 evaluate_module = importlib.import_module("goracs.evaluation.evaluate")
@@ -33,22 +34,25 @@ TITLES = ["Toy Story (1995)", "GoldenEye (1995)", "Four Rooms (1995)", "Get Shor
 RANKS = np.array([0, 1, 4, 5, 9, 12])
 
 
+def _ranked(ranks, topk):
+    """The SeqRec metrics of records holding only sampled ranks (and a loss), as the evaluation stage computes them."""
+    return ranking_metrics(pd.DataFrame({"loss": np.zeros(len(ranks)), "rank": pd.array(ranks, dtype="Int64")}), topk)
+
+
 def test_ndcg_and_hit_on_hand_made_ranks():
     # gains 1/log2(rank+2): rank 0 -> 1, 1 -> 0.6309297536, 4 -> 0.3868528072, 5 -> 0.3562071871, 9 -> 0.2890648263
-    assert ndcg_at_k(RANKS, 5) == pytest.approx((1 + 0.6309297536 + 0.3868528072) / 6, abs=1e-9)
-    assert ndcg_at_k(RANKS, 10) == pytest.approx((1 + 0.6309297536 + 0.3868528072 + 0.3562071871 + 0.2890648263) / 6,
-                                                 abs=1e-9)
-    assert hit_at_k(RANKS, 5) == pytest.approx(3 / 6)
-    assert hit_at_k(RANKS, 10) == pytest.approx(5 / 6)
-    assert ndcg_at_k(np.array([0, 0]), 1) == 1.0 and hit_at_k(np.array([1]), 1) == 0.0
+    m = _ranked(RANKS, [5, 10])
+    assert m["ndcg@5"] == pytest.approx((1 + 0.6309297536 + 0.3868528072) / 6, abs=1e-9)
+    assert m["ndcg@10"] == pytest.approx((1 + 0.6309297536 + 0.3868528072 + 0.3562071871 + 0.2890648263) / 6,
+                                         abs=1e-9)
+    assert m["hit@5"] == pytest.approx(3 / 6)
+    assert m["hit@10"] == pytest.approx(5 / 6)
+    assert _ranked([0, 0], [1])["ndcg@1"] == 1.0 and _ranked([1], [1])["hit@1"] == 0.0
 
 
-@pytest.mark.parametrize("bad", [np.array([]), np.array([-1, 0])])
-def test_ranking_rejects_bad_ranks(bad):
-    with pytest.raises(ValueError):
-        ndcg_at_k(bad, 5)
-    with pytest.raises(ValueError, match="k=0"):
-        hit_at_k(np.array([0]), 0)
+def ctr_metrics(labels, p):
+    """The CTR metrics as the evaluation stage computes them: per-sample records, then their averages (and AUC)."""
+    return classification_metrics(ctr_records(labels, p))
 
 
 # --- CTR ---------------------------------------------------------------------------------------------------------
@@ -152,7 +156,7 @@ def _test_frame(task: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _texts(frame: pd.DataFrame, task: str) -> list[str]:
-    return [prompt_text(r, task) + r["output"] for r in frame.to_dict("records")] + TITLES
+    return [task_named(task).prompt(r) + r["output"] for r in frame.to_dict("records")] + TITLES
 
 
 def test_evaluate_seqrec_perfect_generation_gives_perfect_metrics(monkeypatch):
@@ -161,7 +165,7 @@ def test_evaluate_seqrec_perfect_generation_gives_perfect_metrics(monkeypatch):
     truth = iter([f'"{TITLES[int(t) - 1]}"' for t in test["item"]])
     # Replace beam search by the right answers: grounding must then put every target first.
     monkeypatch.setattr(evaluate_module, "generate", lambda m, t, prompts, **kw: [next(truth) for _ in prompts])
-    metrics = evaluate(model, tok, test, items, task="seqrec", faithful=True, num_beams=1, max_new_tokens=2,
+    metrics = evaluate(model, tok, test, items, task=SEQREC, faithful=True, num_beams=1, max_new_tokens=2,
                        batch_size=4, topk=[1, 5], cutoff_len=256, device="cpu").metrics
     assert set(metrics) == {"loss", "ndcg@1", "hit@1", "ndcg@5", "hit@5", "ndcg@1_full", "hit@1_full", "ndcg@5_full",
                             "hit@5_full", "exact_match"}
@@ -172,7 +176,7 @@ def test_evaluate_seqrec_perfect_generation_gives_perfect_metrics(monkeypatch):
 def test_evaluate_seqrec_with_generation_returns_bounded_metrics():
     test, items = _test_frame("seqrec")
     model, tok = _tiny_peft(_texts(test, "seqrec"))
-    metrics = evaluate(model, tok, test.iloc[:3], items, task="seqrec", faithful=True, num_beams=2, max_new_tokens=3,
+    metrics = evaluate(model, tok, test.iloc[:3], items, task=SEQREC, faithful=True, num_beams=2, max_new_tokens=3,
                        batch_size=3, topk=[5, 10], cutoff_len=256, device="cpu").metrics
     assert {"ndcg@5", "hit@10", "ndcg@10_full", "hit@10_full", "exact_match"} <= set(metrics)
     assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k != "loss")
@@ -184,7 +188,7 @@ def test_evaluate_seqrec_unknown_target_is_a_clear_error():
     model, tok = _tiny_peft(_texts(test, "seqrec"))
     test.at[0, "targets"] = ["999"]
     with pytest.raises(ValueError, match="'999' is not in the items table"):
-        evaluate(model, tok, test, items, task="seqrec", faithful=True, num_beams=1, max_new_tokens=1,
+        evaluate(model, tok, test, items, task=SEQREC, faithful=True, num_beams=1, max_new_tokens=1,
                  batch_size=2, topk=[5], cutoff_len=64, device="cpu")
 
 
@@ -192,7 +196,7 @@ def test_ctr_p_yes_batched_equals_unpadded_forward():
     test, items = _test_frame("ctr")
     model, tok = _tiny_peft(_texts(test, "ctr"))
     _set_lora_b(model, 0.5)
-    prompts = [prompt_text(r, "ctr") for r in test.to_dict("records")]
+    prompts = [CTR.prompt(r) for r in test.to_dict("records")]
     p = predict_p_yes(model, tok, prompts, batch_size=4, cutoff_len=512)
     yes, no = answer_token_ids(tok)
     with torch.no_grad():
@@ -200,7 +204,7 @@ def test_ctr_p_yes_batched_equals_unpadded_forward():
             ids = torch.tensor([tok(prompt)["input_ids"]])
             z = model(input_ids=ids).logits[0, -1, [yes, no]]
             assert got == pytest.approx(float(torch.softmax(z, -1)[0]), abs=1e-5)
-    result = evaluate(model, tok, test, items, task="ctr", faithful=True, num_beams=1, max_new_tokens=1,
+    result = evaluate(model, tok, test, items, task=CTR, faithful=True, num_beams=1, max_new_tokens=1,
                       batch_size=4, topk=[5], cutoff_len=512, device="cpu")
     metrics = result.metrics
     assert metrics["auc"] == pytest.approx(roc_auc_score(test["label"], p), abs=1e-9)

@@ -2,7 +2,7 @@
 
 * the statistics on synthetic per-sample values: the width matches the normal theory 2·1.96·σ/√n, a zero difference
   is covered ≈95% of the time, identical inputs give [0, 0], the weighted AUC equals scikit-learn's on explicit
-  resamples, the per-sample vectors average to ``metrics_from_records``;
+  resamples, the per-sample vectors average to the task's ``metrics``;
 * the CLI end to end on sweep folders written here (metrics.json + test_outputs.parquet per job): markers, CSV
   bounds, ``--reference none``, and every bad input (unknown reference, unequal test rows, missing records).
 """
@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from goracs.evaluation.records import FILENAME, auc, metrics_from_records
+from conftest import task_named
+from goracs.evaluation.records import FILENAME, auc
 from goracs.report.cli import main
 from goracs.report.statistics import _resample_counts, _weighted_auc, backing, paired_bootstrap, sample_values
 from goracs.report.tables import sanitise
@@ -110,7 +111,7 @@ def test_bootstrap_is_fast():
 def test_per_sample_values_average_to_the_record_metrics(task):
     """The vectors the bootstrap resamples are the single metric definitions of records.py, sample by sample."""
     records = make_records(np.random.default_rng(7), task, "random", (0.0, 0))
-    reported = metrics_from_records(records, task)
+    reported = task_named(task).metrics(records, (5, 10))
     for name, value in reported.items():
         if name == "auc":
             assert backing("test/auc") == "auc"
@@ -154,7 +155,7 @@ def write_job(root: Path, task: str, selection: str, budget: int, seed: int, rec
     frame = make_records(rng, task, selection, EFFECTS.get((selection, budget), EFFECTS.get((selection, 0))))
     folder = root / f"{task}_{selection}_b{budget}_s{seed}"
     folder.mkdir(parents=True)
-    metrics = {f"test/{k}": v for k, v in metrics_from_records(frame, task).items()}
+    metrics = {f"test/{k}": v for k, v in task_named(task).metrics(frame, (5, 10)).items()}
     record = {"data": "games", "task": task, "model": "smollm2", "selection": selection, "budget": budget,
               "seed": seed, "status": "ok", "run_dir": str(folder), "config_key": f"{selection}-{budget}-{seed}",
               "created_at": "2025-01-01T00:00:00+00:00", "select/time_s": 0.5} | metrics
@@ -257,7 +258,7 @@ def test_cli_every_test_metric_gets_bootstrap_intervals(tmp_path, task):
     sweep = write_sweep(tmp_path / f"{task}_sweep", task=task)
     assert main([str(sweep), "--out", str(tmp_path / "out"), "--no-plots", "--n-boot", "200"]) == 0
     tables = sorted((tmp_path / "out").glob("*.csv"))
-    assert len(tables) == (14 if task == "seqrec" else 4)  # every test/* key of metrics_from_records
+    assert len(tables) == (14 if task == "seqrec" else 4)  # every test/* key of the task's metrics
     for path in tables:
         csv = pd.read_csv(path, dtype={"budget": str})
         compared = csv[csv["selection"] == "goracs"]

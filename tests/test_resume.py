@@ -25,9 +25,9 @@ from lightning.pytorch.callbacks import Callback
 from peft import LoraConfig
 
 from test_finetune import lora_state, make_samples, trainer_conf
+from conftest import CTR, SEQREC, task_named
 from goracs.errors import ConfigError
 from goracs.models.backbone import TinyLlamaBackbone
-from goracs.models.encoding import prompt_text
 from goracs.models.finetune import LAST_CKPT, fine_tune
 from goracs.models.lora import attach_lora
 from goracs.models.module import LoraRecModule
@@ -42,7 +42,7 @@ def samples(task: str = "seqrec"):
 
 
 def dropout_model(frames, task: str = "seqrec", r: int = 4, targets=("q_proj", "v_proj")):
-    texts = [prompt_text(row, task) + row["output"] for f in frames for row in f.to_dict("records")]
+    texts = [task_named(task).prompt(row) + row["output"] for f in frames for row in f.to_dict("records")]
     model, tok = TinyLlamaBackbone(seed=0).load(texts)
     lora = LoraConfig(r=r, lora_alpha=8, lora_dropout=0.1, target_modules=list(targets), task_type="CAUSAL_LM")
     return attach_lora(model, lora, seed=0), tok
@@ -52,7 +52,7 @@ def run_fit(out_dir: Path, callbacks=(), task: str = "seqrec", **kwargs):
     """The fit every test (and the child) runs: a fresh model each time, as a new process would build it."""
     train, valid = samples(task)
     model, tok = dropout_model([train, valid], task)
-    result = fine_tune(model, tok, train, valid, task=task, faithful=True,
+    result = fine_tune(model, tok, train, valid, task=task_named(task), faithful=True,
                        trainer=trainer_conf(lr=1e-2, patience=5, lightning={"max_epochs": MAX_EPOCHS}),
                        out_dir=out_dir, seed=0, callbacks=list(callbacks), **kwargs)
     return result, lora_state(model)
@@ -183,7 +183,7 @@ def test_early_stopped_fit_stays_stopped_on_resume(tmp_path):
     for _ in range(2):
         model, tok = dropout_model([train, valid], "ctr")
         counter = CountBatches()
-        result = fine_tune(model, tok, train, valid, task="ctr", faithful=True, callbacks=[counter],
+        result = fine_tune(model, tok, train, valid, task=CTR, faithful=True, callbacks=[counter],
                            trainer=trainer_conf(lr=1e-2, patience=1, lightning={"max_epochs": 6}), out_dir=tmp_path,
                            seed=0)
         results.append((result, counter.batches))
@@ -197,37 +197,37 @@ def test_checkpoint_of_another_fit_is_refused(tmp_path):
     train, valid = samples()
     model, tok = dropout_model([train, valid])
     conf = trainer_conf(lr=1e-2, lightning={"max_epochs": 1})
-    fine_tune(model, tok, train, valid, task="seqrec", faithful=True, trainer=conf, out_dir=tmp_path, seed=0)
+    fine_tune(model, tok, train, valid, task=SEQREC, faithful=True, trainer=conf, out_dir=tmp_path, seed=0)
     last = tmp_path / "checkpoints" / LAST_CKPT
     advice = "delete it or use a new output folder"
     # Another adapter on the same model: LoRA tensors of another rank, or on other modules.
     for r, targets in ((8, ("q_proj", "v_proj")), (4, ("q_proj", "k_proj", "v_proj"))):
         other, tok = dropout_model([train, valid], r=r, targets=targets)
         with pytest.raises(ConfigError, match="different model or adapter") as err:
-            fine_tune(other, tok, train, valid, task="seqrec", faithful=True, trainer=conf, out_dir=tmp_path, seed=0)
+            fine_tune(other, tok, train, valid, task=SEQREC, faithful=True, trainer=conf, out_dir=tmp_path, seed=0)
         assert str(last) in str(err.value) and advice in str(err.value)
     # Another task (same LoRA tensors), other samples, another trainer setting.
     ctr_train, ctr_valid = samples("ctr")
     other, ctr_tok = dropout_model([ctr_train, ctr_valid], "ctr")
     with pytest.raises(ConfigError, match=r"task: seqrec then, ctr now") as err:
-        fine_tune(other, ctr_tok, ctr_train, ctr_valid, task="ctr", faithful=True, trainer=conf, out_dir=tmp_path,
+        fine_tune(other, ctr_tok, ctr_train, ctr_valid, task=CTR, faithful=True, trainer=conf, out_dir=tmp_path,
                   seed=0)
     assert str(last) in str(err.value) and advice in str(err.value)
     with pytest.raises(ConfigError, match=r"train: 24 samples.* then, 23 samples"):
-        fine_tune(model, tok, train.iloc[1:], valid, task="seqrec", faithful=True, trainer=conf, out_dir=tmp_path,
+        fine_tune(model, tok, train.iloc[1:], valid, task=SEQREC, faithful=True, trainer=conf, out_dir=tmp_path,
                   seed=0)
     with pytest.raises(ConfigError, match=r"trainer.lr: 0.01 then, 0.001 now"):
-        fine_tune(model, tok, train, valid, task="seqrec", faithful=True, trainer={**conf, "lr": 1e-3},
+        fine_tune(model, tok, train, valid, task=SEQREC, faithful=True, trainer={**conf, "lr": 1e-3},
                   out_dir=tmp_path, seed=0)
     # Lightning's own restore path (ckpt_path given to trainer.fit) runs the same adapter check.
-    module = LoraRecModule(dropout_model([train, valid], r=8)[0], task="seqrec", lr=1e-3)
+    module = LoraRecModule(dropout_model([train, valid], r=8)[0], task=SEQREC, lr=1e-3)
     saved = torch.load(last, map_location="cpu", weights_only=True)
     with pytest.raises(ConfigError, match=f"{advice}"):
         module.on_load_checkpoint(saved)
     # A truncated file (the write is atomic, but a disk can fill up) is refused too, not silently restarted.
     last.write_bytes(last.read_bytes()[:1000])
     with pytest.raises(ConfigError, match="cannot be read"):
-        fine_tune(model, tok, train, valid, task="seqrec", faithful=True, trainer=conf, out_dir=tmp_path, seed=0)
+        fine_tune(model, tok, train, valid, task=SEQREC, faithful=True, trainer=conf, out_dir=tmp_path, seed=0)
 
 
 @pytest.mark.slow
@@ -239,7 +239,7 @@ def test_ddp_fit_sigkilled_mid_epoch_resumes_exactly(tmp_path):
     def fit(out: Path, callbacks=()):
         train, valid = samples()
         model, tok = tiny_model([train, valid], "seqrec")
-        result = fine_tune(model, tok, train, valid, task="seqrec", faithful=True, callbacks=list(callbacks),
+        result = fine_tune(model, tok, train, valid, task=SEQREC, faithful=True, callbacks=list(callbacks),
                            trainer=trainer_conf("ddp", lr=1e-2, lightning={"max_epochs": MAX_EPOCHS}), out_dir=out,
                            seed=0, save_every_n_steps=1)
         return result, lora_state(model)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from data_fixtures import built, data_config, task_config
+from data_fixtures import built, data_config
 
+from conftest import task_named
 from goracs.data import SampleOptions, Tables, build_samples, prepare_samples, sample_stats
 from goracs.data.prompts import alpaca_example
 
@@ -58,7 +59,7 @@ def _udata(shared) -> pd.DataFrame:
 def test_ml100k_sample_count_and_split_sizes(shared_data):
     lengths = _udata(shared_data).groupby("user").size().to_numpy()
     expected = int(np.sum(lengths - np.minimum(10, lengths - 1)))  # range(min(10, L-1), L) per user
-    stats = sample_stats(built("ml100k", "seqrec"))
+    stats = sample_stats(built("ml100k", "seqrec"), task_named("seqrec"))
     assert stats["samples_train"] + stats["samples_valid"] + stats["samples_test"] == expected == 90_570
     assert stats["samples_valid"] == stats["samples_test"] == round(0.1 * expected)
     assert (stats["users"], stats["items"], stats["interactions"]) == (943, 1682, 100_000)
@@ -112,7 +113,7 @@ def test_seeds_and_caps():
     full = built("ml100k", "seqrec", 0)
     caps = (("max_train", 100), ("max_valid", 30), ("max_test", 50))
     one = built("ml100k", "seqrec", 0, caps)
-    two = prepare_samples(data_config("ml100k", **dict(caps)), task_config("seqrec"), 0, None)  # independent build
+    two = prepare_samples(data_config("ml100k", **dict(caps)), task_named("seqrec"), 0, None)  # independent build
     for split in ("train", "valid", "test"):
         pd.testing.assert_frame_equal(one.split(split), two.split(split))
     assert (len(one.train), len(one.valid), len(one.test)) == (100, 30, 50)
@@ -136,7 +137,7 @@ def test_ctr_positive_rate_equals_share_of_liked_targets(shared_data):
     length = raw.groupby("user")["item"].transform("size").to_numpy()
     targets = raw[pos >= np.minimum(10, length - 1)]
     samples = built("ml100k", "ctr")
-    stats = sample_stats(samples)
+    stats = sample_stats(samples, task_named("ctr"))
     assert stats["positive_rate"] == pytest.approx((targets["rating"] > 3).mean(), abs=1e-12)
     df = _all(samples)
     assert ((df["label"] == 1) == (df["output"] == "Yes")).all()
@@ -179,7 +180,7 @@ def _toy(n_items_per_user: dict[str, int]) -> Tables:
 def test_windows_by_hand():
     # a: 1 item -> 1 sample, empty history; b: 4 items -> 1 sample; c: 13 items -> 3 samples of 10 history items
     tables = _toy({"a": 1, "b": 4, "c": 13})
-    s = build_samples(tables, task="seqrec", domain="generic", name="toy", like_threshold=3, faithful=True,
+    s = build_samples(tables, task=task_named("seqrec"), domain="generic", name="toy", like_threshold=3, faithful=True,
                       options=SampleOptions(valid_size=1, test_size=1, n_negatives=5), seed=0)
     got = {(u, i): h for u, i, h in zip(*(_all(s)[c] for c in ("user", "item", "history")))}
     assert got == {("a", "a0"): [], ("b", "b3"): ["b0", "b1", "b2"],
@@ -187,14 +188,14 @@ def test_windows_by_hand():
                    ("c", "c12"): [f"c{k}" for k in range(2, 12)]}
     assert s.test["item"].tolist() == ["c12"] and s.valid["item"].tolist() == ["c11"]  # the latest targets
     assert _all(s).set_index("item").loc["a0", "input"] == "The user has interacted with the following items before:\n "
-    short = build_samples(tables, task="seqrec", domain="generic", name="toy", like_threshold=3, faithful=True,
-                          options=SampleOptions(valid_size=1, test_size=1, n_negatives=5, min_history=3), seed=0)
+    short = build_samples(tables, task=task_named("seqrec"), domain="generic", name="toy", like_threshold=3,
+                          faithful=True, options=SampleOptions(valid_size=1, test_size=1, n_negatives=5, min_history=3), seed=0)
     assert sorted(_all(short)["item"]) == ["b3", "c10", "c11", "c12"]
 
 
 def test_corrected_prompts():
     tables = _toy({"b": 3})
-    kw = dict(task="seqrec", domain="movies", name="toy", like_threshold=3,
+    kw = dict(task=task_named("seqrec"), domain="movies", name="toy", like_threshold=3,
               options=SampleOptions(valid_size=0, test_size=0), seed=0)
     row = build_samples(tables, faithful=False, **kw).train.iloc[0]
     assert "movies and TVs the user" in row["instruction"]
@@ -203,16 +204,16 @@ def test_corrected_prompts():
 
 def test_cache_roundtrip_and_reuse(tmp_path, monkeypatch):
     data = data_config("ml100k", max_train=200, max_valid=20, max_test=20)
-    first = prepare_samples(data, task_config("ctr"), 3, tmp_path)
+    first = prepare_samples(data, task_named("ctr"), 3, tmp_path)
     files = list((tmp_path / "samples").glob("*.jsonl.gz"))
     assert len(files) == 1
     monkeypatch.setattr("goracs.data.prepare.build_samples", lambda *a, **k: pytest.fail("cache not reused"))
-    second = prepare_samples(data, task_config("ctr"), 3, tmp_path)
+    second = prepare_samples(data, task_named("ctr"), 3, tmp_path)
     for split in ("train", "valid", "test"):
         pd.testing.assert_frame_equal(first.split(split), second.split(split))
     pd.testing.assert_frame_equal(first.items, second.items)
     assert first.table_stats == second.table_stats
     files[0].write_bytes(files[0].read_bytes()[:100])  # truncated entry: dropped and rebuilt
     monkeypatch.undo()
-    third = prepare_samples(data, task_config("ctr"), 3, tmp_path)
+    third = prepare_samples(data, task_named("ctr"), 3, tmp_path)
     pd.testing.assert_frame_equal(first.train, third.train)

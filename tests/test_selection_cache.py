@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import CTR, SEQREC
 from goracs.cache import config_key
 from goracs.errors import ConfigError
 from goracs.selection import ArrayFeatures, Pool, SelectionResult, build_pool, check_budget
@@ -32,8 +33,8 @@ class StoreLike(ArrayFeatures):
 class Counting:
     """Keeps the ``budget`` highest scores; counts its calls."""
 
-    def __init__(self, budget_free: bool = False):
-        self.calls, self.budget_free = 0, budget_free
+    def __init__(self):
+        self.calls = 0
 
     def select(self, pool: Pool, budget: int, *, seed: int) -> SelectionResult:
         self.calls += 1
@@ -79,10 +80,10 @@ def test_non_positive_budget_is_a_config_error_in_both_modes(budget, strict):
 def test_build_pool_gives_labels_for_ctr_only():
     train = pd.DataFrame({"user": [7, 7, 9], "label": [1, 0, 1]})
     valid = pd.DataFrame({"user": [7], "label": [0]})
-    ctr = build_pool(SimpleNamespace(train=train, valid=valid, task="ctr"), ArrayFeatures())
+    ctr = build_pool(SimpleNamespace(train=train, valid=valid, task="ctr"), ArrayFeatures(), CTR)
     assert ctr.size == 3 and ctr.labels.tolist() == [1, 0, 1] and ctr.valid_labels.tolist() == [0]
     assert ctr.labels.dtype == np.int64
-    seqrec = build_pool(SimpleNamespace(train=train, valid=valid, task="seqrec"), ArrayFeatures())
+    seqrec = build_pool(SimpleNamespace(train=train, valid=valid, task="seqrec"), ArrayFeatures(), SEQREC)
     assert seqrec.labels is None and seqrec.valid_labels is None
 
 
@@ -113,9 +114,9 @@ def test_budget_is_checked_strictly_before_selecting_unless_the_method_ignores_i
         cached_select(selector, Pool(size=N, features=StoreLike()), N + 1, seed=0, identity=IDENTITY,
                       cache_dir=tmp_path)
     assert selector.calls == 0
-    free = Counting(budget_free=True)  # full / none: the budget means nothing, only its sign is checked
-    result = cached_select(free, Pool(size=N, features=StoreLike()), N + 1, seed=0, identity=IDENTITY,
-                           cache_dir=tmp_path)
+    free = Counting()  # full / none: the budget means nothing, only its sign is checked
+    result = cached_select(free, Pool(size=N, features=StoreLike()), N + 1, seed=0,
+                           identity={**IDENTITY, "method": "full"}, cache_dir=tmp_path)
     assert free.calls == 1 and len(result.indices) == N
 
 

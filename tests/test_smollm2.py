@@ -12,11 +12,11 @@ import pytest
 import torch
 from peft import LoraConfig
 
+from conftest import CTR, SEQREC
 from goracs.evaluation.ctr import predict_p_yes
 from goracs.evaluation.grounding import embed_texts, generate
 from goracs.models.backbone import SmolLM2Backbone
 from goracs.models.datamodule import RecDataModule
-from goracs.models.encoding import prompt_text
 from goracs.models.lora import attach_lora
 from goracs.models.module import LoraRecModule
 
@@ -44,10 +44,10 @@ def smollm2():
 
 def test_lora_loss_decreases_on_a_repeated_batch(smollm2):
     model, tok = smollm2
-    data = RecDataModule(tok, SAMPLES, None, task="seqrec", batch_size=2, cutoff_len=64)
+    data = RecDataModule(tok, SAMPLES, None, task=SEQREC, batch_size=2, cutoff_len=64)
     data.setup()
     batch = data.collate(data.train_set)
-    module = LoraRecModule(model, task="seqrec", lr=5e-3)
+    module = LoraRecModule(model, task=SEQREC, lr=5e-3)
     losses = adapter_losses(module, model, batch, lr=5e-3, steps=3)
     assert 0 < losses[-1] < losses[0], losses          # pretrained: starts well below ln(49152) = 10.8
     assert losses[0] < 8.0
@@ -56,10 +56,10 @@ def test_lora_loss_decreases_on_a_repeated_batch(smollm2):
 def test_generation_embedding_and_ctr_scoring_return_sensible_outputs(smollm2):
     model, tok = smollm2
     model.eval()
-    prompt = prompt_text(SAMPLES.iloc[0], "seqrec", purpose="infer")
+    prompt = SEQREC.prompt(SAMPLES.iloc[0], purpose="infer")
     texts = generate(model, tok, [prompt], num_beams=1, max_new_tokens=6, batch_size=1, cutoff_len=128)
     assert len(texts) == 1 and texts[0].strip()        # some non-empty text
     emb = embed_texts(model, tok, ["Heat (1995)", "Babe (1995)"], batch_size=2)
     assert emb.shape == (2, model.config.hidden_size) and torch.isfinite(emb).all()
-    p = predict_p_yes(model, tok, [prompt_text(SAMPLES.iloc[0], "ctr")], batch_size=1, cutoff_len=128)
+    p = predict_p_yes(model, tok, [CTR.prompt(SAMPLES.iloc[0])], batch_size=1, cutoff_len=128)
     assert 0.0 < p[0] < 1.0

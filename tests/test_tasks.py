@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import compose_run_config
-from goracs.tasks import CTRTask, SeqRecTask, Task, as_task, task_for_name
+from conftest import compose_run_config, task_named
+from goracs.task_protocol import Task
+from goracs.tasks import CTRTask, SeqRecTask
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,7 +121,7 @@ def test_the_toy_task_is_a_task_and_refuses_what_it_does_not_support(tmp_path):
     from goracs.selection import build_pool
 
     toy = LikeWordTask()
-    assert isinstance(toy, Task) and as_task(toy) is toy
+    assert isinstance(toy, Task)
     frame = pd.DataFrame({"label": [1, 0, 1], "user": ["a", "b", "c"]})
     samples = SimpleNamespace(train=frame, valid=frame.iloc[:2], task="likeword")
     store = FeatureStore(samples, None, None, None, faithful=True, config=None, cache_dir=tmp_path, task=toy)
@@ -131,10 +132,10 @@ def test_the_toy_task_is_a_task_and_refuses_what_it_does_not_support(tmp_path):
 
 
 def test_built_in_tasks_come_from_their_config_files():
-    assert isinstance(task_for_name("seqrec"), SeqRecTask) and isinstance(task_for_name("ctr"), CTRTask)
-    assert as_task({"name": "ctr", "like_threshold": 4}) == CTRTask(like_threshold=4)
-    with pytest.raises(ValueError, match=r"task\.name='likeword' is unknown.*'ctr', 'seqrec'"):
-        task_for_name("likeword")  # no conf/task/likeword.yaml: a name alone cannot find the toy
+    assert task_named("seqrec") == SeqRecTask() and task_named("ctr") == CTRTask()
+    assert task_named("ctr", like_threshold=4) == CTRTask(like_threshold=4)
+    for task in (SeqRecTask(), CTRTask()):
+        assert isinstance(task, Task)
 
 
 def test_metric_names_match_the_metrics():

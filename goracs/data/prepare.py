@@ -12,7 +12,7 @@ from goracs.cache import DiskCache, config_key
 from goracs.data.samples import SampleOptions, Samples, build_samples, validate_options
 from goracs.data.store import read_samples, write_samples
 from goracs.data.tables import clean_tables
-from goracs.tasks import Task, as_task
+from goracs.task_protocol import Task
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +20,15 @@ _TABLE_KEYS = {"name", "domain", "source", "min_title_len", "append_brand"}
 _OPTION_KEYS = {f.name for f in dataclasses.fields(SampleOptions)}
 
 
-def prepare_samples(data: dict[str, Any], task: Task | dict[str, Any], seed: int,
+def prepare_samples(data: dict[str, Any], task: Task, seed: int,
                     cache_dir: str | Path | None) -> Samples:
     """Load, clean and window the data set described by ``data``, for the task described by ``task``.
 
     ``data`` (``OmegaConf.to_container(cfg.data, resolve=True)``): ``name``, ``domain``, ``source`` (a node with
     ``_target_`` giving a ``TableSource``), the title rules ``min_title_len`` (keep titles longer than this, default
-    1) and ``append_brand`` (default false), and the ``SampleOptions`` keys. ``task``: a :class:`goracs.tasks.Task`
-    or its config mapping (:func:`goracs.tasks.as_task`), whose ``name``, ``faithful_prompts`` and ``like_threshold``
-    (label = rating > it) matter here. The result is cached under ``cache_dir/samples/<key>.jsonl.gz``, the key
+    1) and ``append_brand`` (default false), and the ``SampleOptions`` keys. ``task``: a
+    :class:`goracs.task_protocol.Task`, whose ``name``, ``faithful_prompts`` and ``like_threshold`` (label = rating >
+    it) matter here. The result is cached under ``cache_dir/samples/<key>.jsonl.gz``, the key
     hashing ``data``, those three task keys and ``seed`` (``cache_dir=None`` disables the cache).
     """
     unknown = set(data) - _TABLE_KEYS - _OPTION_KEYS
@@ -37,7 +37,6 @@ def prepare_samples(data: dict[str, Any], task: Task | dict[str, Any], seed: int
     for required in ("name", "domain", "source"):
         if required not in data:
             raise ValueError(f"data.{required} is missing from the data config")
-    task = as_task(task)
     task_name, faithful, like_threshold = task.name, bool(task.faithful_prompts), float(task.like_threshold)
     spec = {"data": data, "task": {"name": task_name, "faithful_prompts": faithful, "like_threshold": like_threshold},
             "seed": int(seed)}

@@ -21,7 +21,7 @@ import pandas as pd
 from goracs.data.instructions import domain_text
 from goracs.data.negatives import sample_negatives
 from goracs.data.tables import Tables
-from goracs.tasks import Task, as_task
+from goracs.task_protocol import Task
 
 SPLITS = ("train", "valid", "test")
 COLUMNS = ["user", "item", "rating", "timestamp", "history", "history_ratings", "label", "instruction", "input",
@@ -35,7 +35,7 @@ class Samples:
     Split columns (``COLUMNS``): user, item (target id), rating (float or NaN), timestamp (int), history (ids, oldest
     first, <= history_len), history_ratings, label (int, rating > like_threshold; 1 when unrated), instruction,
     input, output (str), negatives (SeqRec test: n_negatives ids; else []), targets ([item], or every DEALRec test
-    item). ``task`` is the task's name (:class:`goracs.tasks.Task`), as data.
+    item). ``task`` is the task's name (:class:`goracs.task_protocol.Task`), as data.
 
     ``table_stats`` holds the counts of the cleaned interactions table (``users``, ``items``, ``interactions``),
     computed at build time because the table itself is not kept.
@@ -68,11 +68,10 @@ class SampleOptions:
     max_test: int | None = None
 
 
-def build_samples(tables: Tables, *, task: Task | str, domain: str, name: str, like_threshold: float,
+def build_samples(tables: Tables, *, task: Task, domain: str, name: str, like_threshold: float,
                   faithful: bool, options: SampleOptions, seed: int) -> Samples:
-    """Build all three splits from cleaned tables for ``task`` (a :class:`goracs.tasks.Task` or its name; see the
+    """Build all three splits from cleaned tables for ``task`` (a :class:`goracs.task_protocol.Task`; see the
     module docstring for the rules)."""
-    task = as_task(task)
     validate_options(options, domain=domain)
     text = domain_text(domain)
     inter = tables.interactions
@@ -118,11 +117,10 @@ def validate_options(options: SampleOptions, *, domain: str) -> None:
             raise ValueError(f"data.max_{split}={cap!r}; expected a positive sample count or null")
 
 
-def add_prompt_fields(df: pd.DataFrame, titles: dict[str, str], *, task: Task | str, text, like_threshold: float,
+def add_prompt_fields(df: pd.DataFrame, titles: dict[str, str], *, task: Task, text, like_threshold: float,
                       faithful: bool) -> pd.DataFrame:
-    """Add ``label``, ``instruction``, ``input``, ``output`` (the task's :meth:`~goracs.tasks.Task.prompt_fields`;
-    and ``negatives = []`` where absent) to core columns."""
-    task = as_task(task)
+    """Add ``label``, ``instruction``, ``input``, ``output`` (the task's
+    :meth:`~goracs.task_protocol.Task.prompt_fields`; and ``negatives = []`` where absent) to core columns."""
     df = df.copy()
     rating = df["rating"].to_numpy(dtype=float)
     df["label"] = np.where(np.isnan(rating), 1, rating > like_threshold).astype(np.int64)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from goracs.data.samples import SPLITS, Samples
-from goracs.tasks import Task, as_task
+from goracs.task_protocol import Task
 
 
-def sample_stats(samples: Samples, task: Task | None = None) -> dict:
+def sample_stats(samples: Samples, task: Task) -> dict:
     """Flat dict: ``users``, ``items``, ``interactions`` (cleaned table), ``samples_{train,valid,test}``,
     ``mean_history_len`` (items per sample, all splits) and, for a task with class labels (CTR,
-    :meth:`goracs.tasks.Task.class_labels`), ``positive_rate`` (share of label 1 over all samples) plus
-    ``positive_rate_{split}``. ``task``: default, looked up by ``samples.task``."""
-    task = as_task(samples.task if task is None else task)
+    :meth:`goracs.task_protocol.Task.class_labels`), ``positive_rate`` (share of label 1 over all samples) plus
+    ``positive_rate_{split}``. ``task``: the samples' task."""
     stats = dict(samples.table_stats)
     lengths = []
     for split in SPLITS:

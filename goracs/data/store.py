@@ -17,7 +17,7 @@ import pandas as pd
 
 from goracs.data.instructions import domain_text
 from goracs.data.samples import SPLITS, Samples, add_prompt_fields
-from goracs.tasks import Task
+from goracs.task_protocol import Task
 
 CORE_COLUMNS = ["user", "item", "rating", "timestamp", "history", "history_ratings", "targets", "negatives"]
 
@@ -37,12 +37,14 @@ def write_samples(samples: Samples, path: Path) -> None:
             f.write(json.dumps(record, default=_plain) + "\n")
 
 
-def read_samples(path: Path, *, like_threshold: float, faithful: bool, task: Task | None = None) -> Samples:
+def read_samples(path: Path, *, like_threshold: float, faithful: bool, task: Task) -> Samples:
     """Inverse of ``write_samples``: rebuild the DataFrames and their label/prompt columns (with ``task``'s
-    :meth:`~goracs.tasks.Task.prompt_fields`; default: the task the file names)."""
+    :meth:`~goracs.task_protocol.Task.prompt_fields`; the file names its task: another one is an error)."""
     rows: dict[str, list[dict]] = {s: [] for s in (*SPLITS, "items")}
     with gzip.open(path, "rt", encoding="utf-8") as f:
         meta = json.loads(f.readline())["meta"]
+        if meta["task"] != task.name:
+            raise ValueError(f"{path} holds {meta['task']} samples, not {task.name} ones")
         for line in f:
             record = json.loads(line)
             rows[record.pop("split")].append(record)
@@ -53,7 +55,7 @@ def read_samples(path: Path, *, like_threshold: float, faithful: bool, task: Tas
     for split in SPLITS:
         df = pd.DataFrame.from_records(rows[split], columns=CORE_COLUMNS)
         df = df.astype({"rating": float, "timestamp": np.int64})
-        frames[split] = add_prompt_fields(df, titles, task=meta["task"] if task is None else task, text=text,
+        frames[split] = add_prompt_fields(df, titles, task=task, text=text,
                                           like_threshold=like_threshold, faithful=faithful)
     return Samples(**frames, items=items, task=meta["task"], domain=meta["domain"], name=meta["name"],
                    table_stats=meta["table_stats"])

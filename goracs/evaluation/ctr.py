@@ -1,4 +1,5 @@
-"""TALLRec CTR evaluation: P(Yes) at the last prompt token, AUC, logloss and accuracy."""
+"""TALLRec CTR evaluation: P(Yes) at the last prompt token and the per-sample CTR records; AUC, logloss and accuracy
+are computed from those records (:func:`goracs.evaluation.records.classification_metrics`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from goracs.evaluation.records import classification_metrics, logloss_per_sample
-from goracs.models.encoding import answer_token_ids, collate_left, encode_prompt, p_yes
+from goracs.evaluation.records import logloss_per_sample
+from goracs.models.encoding import answer_token_ids, collate_left, encode_prompt, p_yes, pad_id
 
 log = logging.getLogger(__name__)
 
@@ -21,22 +22,13 @@ def predict_p_yes(model, tokenizer, prompts: Sequence[str], *, batch_size: int, 
     """(N,) P(Yes) = softmax([z_yes, z_no])[0] with ``z`` the logits after the whole prompt (left padding)."""
     yes_id, no_id = answer_token_ids(tokenizer)
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="ctr scoring", unit="batch", leave=False):
         enc = [encode_prompt(tokenizer, p, cutoff_len=cutoff_len) for p in prompts[start:start + batch_size]]
-        batch = {k: v.to(device) for k, v in collate_left(enc, pad).items()}
+        batch = {k: v.to(device) for k, v in collate_left(enc, pad_id(tokenizer)).items()}
         logits = model(**batch, logits_to_keep=1).logits[:, -1, :]
         out.append(p_yes(logits, yes_id, no_id).cpu().numpy())
     return np.concatenate(out) if out else np.empty(0)
-
-
-def ctr_metrics(labels: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """``auc`` (ROC AUC of P(Yes); NaN with a warning when the labels have one class), ``logloss``
-    = -mean(y log p + (1 - y) log(1 - p)) with p clipped to [EPS, 1 - EPS], ``accuracy`` = mean(1[p > 0.5] == y).
-    The formulas live in :mod:`goracs.evaluation.records` (per-sample rows), shared with the report's bootstrap."""
-    metrics = classification_metrics(ctr_records(labels, p))
-    return {k: metrics[k] for k in ("auc", "logloss", "accuracy")}
 
 
 def ctr_records(labels: np.ndarray, p: np.ndarray) -> pd.DataFrame:

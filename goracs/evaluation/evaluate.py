@@ -1,6 +1,8 @@
 """One entry for the evaluation stage: ``evaluate`` (test loss; SeqRec: BIGRec grounding and/or likelihood ranking;
 CTR: TALLRec P(Yes)), returning metrics and per-sample records. What a task adds to the records and the metrics it
-computes from them are the task's (:meth:`goracs.tasks.Task.test_records`, :meth:`goracs.tasks.Task.metrics`)."""
+computes from them are the task's (:meth:`goracs.task_protocol.Task.test_records`,
+:meth:`goracs.task_protocol.Task.metrics`); the SeqRec records are built here (:func:`seqrec_records`) from the prompts
+the task gives, the CTR ones in :mod:`goracs.evaluation.ctr`."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from goracs.data.instructions import seqrec_response
 from goracs.evaluation.grounding import (catalogue_positions, clean_text, embed_texts, generate, ground_ranks,
                                          title_groups)
 from goracs.evaluation.likelihood import candidate_scores, likelihood_rank, response_losses
-from goracs.tasks import Task, as_task
+from goracs.task_protocol import Task
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class Evaluation:
     records: pd.DataFrame
 
 
-def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task: Task | str, faithful: bool,
+def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task: Task, faithful: bool,
              num_beams: int, max_new_tokens: int, batch_size: int, topk: Sequence[int], cutoff_len: int,
              embed_batch_size: int = 64, ranking: str = "grounding", ranking_rows: int | None = None,
              candidate_batch_size: int = 32, device: str | None = None, cache_dir: str | Path | None = None,
@@ -62,7 +64,6 @@ def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task:
     catalogue's title embeddings, which depend on the base model only (the adapter is disabled), across the jobs
     of a sweep.
     """
-    task = as_task(task)
     if len(test) == 0:
         raise ValueError("the test set is empty: nothing to evaluate")
     if ranking not in RANKINGS:
@@ -95,23 +96,27 @@ def _targets(row: dict) -> list:
     return list(targets) if targets is not None and len(targets) else [row["item"]]
 
 
-def seqrec_records(task, model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, records: pd.DataFrame, *,
-                   faithful: bool, num_beams: int, max_new_tokens: int, batch_size: int, topk: Sequence[int],
-                   cutoff_len: int, embed_batch_size: int = 64, ranking: str = "grounding",
-                   ranking_rows: int | None = None, candidate_batch_size: int = 32,
+def seqrec_records(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, records: pd.DataFrame, *,
+                   train_prompts: Sequence[str], infer_prompts: Sequence[str], num_beams: int, max_new_tokens: int,
+                   batch_size: int, topk: Sequence[int], cutoff_len: int, embed_batch_size: int = 64,
+                   ranking: str = "grounding", ranking_rows: int | None = None, candidate_batch_size: int = 32,
                    cache_dir: str | Path | None = None, model_key: str | None = None) -> pd.DataFrame:
     """SeqRec test records (:meth:`goracs.tasks.SeqRecTask.test_records`): ``records`` with the SeqRec columns added
-    (``loss``; ``generated``, ``exact``, ``rank``, ``rank_full`` for grounding; ``rank_ll`` for likelihood); ``task``
-    gives the prompts (:meth:`goracs.tasks.SeqRecTask.prompt`). The options are those of :func:`evaluate`."""
+    (``loss``; ``generated``, ``exact``, ``rank``, ``rank_full`` for grounding; ``rank_ll`` for likelihood).
+    ``train_prompts`` / ``infer_prompts``: each test row's prompt with the training / inference header (the loss is
+    scored after the first, generation and ranking start from the second). The options are those of
+    :func:`evaluate`."""
     if not topk or any(int(k) < 1 for k in topk):
         raise ValueError(f"eval.topk={list(topk)}: expected a non-empty list of cut-offs >= 1")
     rows = test.to_dict("records")
-    train_prompts = [task.prompt(r, purpose="train", faithful=faithful) for r in rows]
+    if not len(train_prompts) == len(infer_prompts) == len(rows):
+        raise ValueError(f"{len(rows)} test rows but {len(train_prompts)} training and {len(infer_prompts)} "
+                         "inference prompts")
     records["loss"] = response_losses(model, tokenizer, train_prompts, [r["output"] for r in rows],
                                       batch_size=batch_size, cutoff_len=cutoff_len)
     ranked = ranked_rows(len(rows), ranking_rows)
     candidates = _candidate_columns(rows, items)
-    prompts = [task.prompt(rows[i], purpose="infer", faithful=faithful) for i in ranked]
+    prompts = [infer_prompts[i] for i in ranked]
     if ranking in ("grounding", "both"):
         _ground(records, model, tokenizer, prompts, items, candidates, ranked, num_beams=num_beams,
                 max_new_tokens=max_new_tokens, batch_size=batch_size, cutoff_len=cutoff_len,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from goracs.models.encoding import collate_left, encode_prompt
+from goracs.models.encoding import collate_left, encode_prompt, pad_id
 from goracs.models.kv_cache import cache_keyword
 from goracs.models.lm_head import final_hidden_states
 
@@ -37,7 +37,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, num_beams: int, max_ne
         raise ValueError(f"num_beams={num_beams}, max_new_tokens={max_new_tokens}, batch_size={batch_size}: "
                          "each must be >= 1")
     device = next(model.parameters()).device
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     texts: list[str] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch", leave=False):
         enc = [encode_prompt(tokenizer, p, cutoff_len=cutoff_len) for p in prompts[start:start + batch_size]]
@@ -85,7 +85,7 @@ def embed_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int, desc
     The LoRA adapter is switched off (``disable_adapter``) when ``model`` has one: grounding uses the base model.
     """
     device = next(model.parameters()).device
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     if not texts:
         return torch.empty(0, model.config.hidden_size)
     # One tokenizer call for all texts; an empty text still gets a token.
@@ -135,7 +135,3 @@ def title_groups(titles: Sequence[str]) -> dict[str, np.ndarray]:
     for j, t in enumerate(titles):
         groups.setdefault(clean_text(t), []).append(j)
     return {t: np.asarray(cols, dtype=np.int64) for t, cols in groups.items()}
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from goracs.models.encoding import IGNORE, collate_left, encode_lm, encode_prompt, lm_loss_per_sample
+from goracs.models.encoding import IGNORE, collate_left, encode_lm, encode_prompt, lm_loss_per_sample, pad_id
 from goracs.models.lm_head import token_logprobs
 from goracs.models.kv_cache import cache_keyword
 
@@ -41,7 +41,7 @@ def response_losses(model, tokenizer, prompts: Sequence[str], responses: Sequenc
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     enc = [encode_lm(tokenizer, p, r, cutoff_len=cutoff_len, train_on_inputs=False) for p, r in zip(prompts, responses)]
     device = next(model.parameters()).device
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     out = np.full(len(enc), math.nan)
     order = np.argsort([len(e["input_ids"]) for e in enc], kind="stable")  # similar lengths share a batch
     for start in tqdm(range(0, len(order), batch_size), desc="test loss", unit="batch", leave=False):
@@ -113,7 +113,3 @@ def likelihood_rank(target_scores: Sequence[float], negative_scores: Sequence[fl
     negatives that share a target's title)."""
     best = max(target_scores)
     return int(np.sum(np.asarray(negative_scores, dtype=np.float64) > best))
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

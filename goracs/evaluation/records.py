@@ -36,15 +36,6 @@ RANK_COLUMNS = {"": "rank", "_full": "rank_full", "_ll": "rank_ll"}  # metric su
 RANKED = re.compile(r"(ndcg|hit)@(\d+)(.*)")  # ndcg@K / hit@K with a RANK_COLUMNS suffix
 
 
-def metrics_from_records(records: pd.DataFrame, task, topk: Sequence[int] = (5, 10)) -> dict[str, float]:
-    """Every test metric of a job from its per-sample records (keys without the ``test/`` prefix): those of the
-    task (a :class:`goracs.tasks.Task` or its name), :func:`ranking_metrics` for SeqRec and
-    :func:`classification_metrics` for CTR."""
-    from goracs.tasks import as_task
-
-    return as_task(task).metrics(records, topk)
-
-
 def classification_metrics(records: pd.DataFrame) -> dict[str, float]:
     """``loss`` = mean of ``loss`` over rows, ``logloss`` (= ``loss``), ``auc`` (NaN when the labels have one class)
     and ``accuracy`` = mean of ``1[p_yes > 0.5] = label`` (the CTR task's metrics)."""

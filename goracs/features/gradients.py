@@ -31,18 +31,17 @@ from torch import nn
 
 from goracs.features.projection import Projection
 from goracs.models.encoding import collate_left
-from goracs.tasks import Task, as_task
+from goracs.task_protocol import Task
 
 log = logging.getLogger(__name__)
 
 GRADIENT_FEATURES = ("loss", "el2n", "grad_norm", "grad_proj")
 
 
-def encode_split(df: pd.DataFrame, task: Task | str, tokenizer, *, cutoff_len: int, faithful: bool) -> list[dict]:
-    """Token ids of each sample for the gradient pass (:meth:`goracs.tasks.Task.encode` with the prompt counted and a
-    response mask; SeqRec: prompt+output+EOS; CTR: the prompt and its 0/1 label), with ``index`` = row position in
+def encode_split(df: pd.DataFrame, task: Task, tokenizer, *, cutoff_len: int, faithful: bool) -> list[dict]:
+    """Token ids of each sample for the gradient pass (:meth:`~goracs.task_protocol.Task.encode` with the prompt
+    counted and a response mask; SeqRec: prompt+output+EOS; CTR: the prompt and its 0/1 label), with ``index`` = row position in
     the split."""
-    task = as_task(task)
     items = []
     for i, row in enumerate(df.to_dict("records")):
         item = task.encode(tokenizer, row, faithful=faithful, cutoff_len=cutoff_len, train_on_inputs=True,
@@ -94,10 +93,10 @@ class GradientExtractor:
     gradient, or the raw flattened one (P = Σ out·in) when ``projection`` is None.
     """
 
-    def __init__(self, model: nn.Module, task: Task | str, pattern: str, *, pad_id: int,
+    def __init__(self, model: nn.Module, task: Task, pattern: str, *, pad_id: int,
                  yes_no: tuple[int, int] | None, dropout: bool, dropout_seed: int, projection: Projection | None,
                  want: Sequence[str]):
-        self.model, self.task, self.pattern, self.pad_id, self.yes_no = model, as_task(task), pattern, pad_id, yes_no
+        self.model, self.task, self.pattern, self.pad_id, self.yes_no = model, task, pattern, pad_id, yes_no
         self.dropout, self.dropout_seed, self.projection = dropout, dropout_seed, projection
         self.want = tuple(want)
         self._hooks: list = []

@@ -8,8 +8,8 @@ name       shape        meaning
 text_emb   (n, d) f32   sentence embedding of the prompt text (:mod:`goracs.features.text_embedding`)
 grad_norm  (n,) f32     ‖∇_θ ℓ_i‖₂ over the LoRA parameters ``features.grad_params`` at the initial adapter
 grad_proj  (n, k) f32   that gradient projected to ``proj_dim`` (or raw, P = #parameters, with projection none)
-loss       (n,) f32     the task loss ℓ_i whose gradient is taken (:mod:`goracs.features.losses`)
-el2n       (n,) f32     EL2N error norm (:mod:`goracs.features.losses`)
+loss       (n,) f32     the task loss ℓ_i whose gradient is taken (:mod:`goracs.tasks`)
+el2n       (n,) f32     EL2N error norm (:mod:`goracs.tasks`)   
 influence  (n,) f32     DEALRec influence (H⁻¹v)ᵀ∇θL(z_i) on a SASRec surrogate (:mod:`goracs.features.surrogate`);
                         train split only
 ========== ============ ===================================================================================
@@ -47,9 +47,9 @@ from goracs.features.gradients import GRADIENT_FEATURES, GradientExtractor, enco
 from goracs.features.projection import make_projection
 from goracs.features.sharded import run_batches
 from goracs.features.text_embedding import LastTokenEncoder, embedding_texts, sentence_encoder
-from goracs.models.encoding import tokenizer_corpus
+from goracs.models.encoding import pad_id, tokenizer_corpus
 from goracs.models.fingerprint import model_fingerprint
-from goracs.tasks import Task, as_task
+from goracs.task_protocol import Task
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ SPLITS = ("train", "valid")
 class FeatureStore:
     """Lazily computed, disk-cached features of ``samples.train`` / ``samples.valid`` (see the module docstring).
 
-    ``task``: the samples' task (:class:`goracs.tasks.Task`; default: looked up by ``samples.task``); it decides the
-    texts, the encoding and the loss, and which features exist.
+    ``task``: the samples' task (:class:`goracs.task_protocol.Task`); it decides the texts, the encoding and the loss,
+    and which features exist.
 
     Attributes:
         computed: ``(feature, split)`` pairs this store computed (rather than read from the cache), in order.
@@ -71,9 +71,8 @@ class FeatureStore:
     """
 
     def __init__(self, samples: Any, backbone: Any, lora: Any, lora_init: str | None, *, faithful: bool,
-                 config: FeatureConfig | Mapping[str, Any] | None, cache_dir: str | Path, task: Task | None = None):
-        self.samples, self.task, self.backbone, self.lora, self.lora_init = samples, as_task(
-            samples.task if task is None else task), backbone, lora, lora_init
+                 config: FeatureConfig | Mapping[str, Any] | None, cache_dir: str | Path, task: Task):
+        self.samples, self.task, self.backbone, self.lora, self.lora_init = samples, task, backbone, lora, lora_init
         self.faithful = faithful
         self.cfg = config if isinstance(config, FeatureConfig) else FeatureConfig.from_mapping(config)
         self.cache = DiskCache(cache_dir)
@@ -188,7 +187,7 @@ class FeatureStore:
         items = encode_split(self._frame(split), self.task, tokenizer, cutoff_len=cfg.cutoff_len,
                              faithful=self.faithful)
         yes_no = self.task.answer_ids(tokenizer)
-        fn = GradientExtractor(model, self.task, cfg.grad_params, pad_id=tokenizer.pad_token_id, yes_no=yes_no,
+        fn = GradientExtractor(model, self.task, cfg.grad_params, pad_id=pad_id(tokenizer), yes_no=yes_no,
                                dropout=cfg.dropout, dropout_seed=cfg.dropout_seed + repeat, projection=None, want=want)
         if "grad_proj" in want:
             fn.projection = make_projection(cfg.projection, fn.param_dim(), cfg.proj_dim, cfg.proj_seed)

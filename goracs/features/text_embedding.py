@@ -27,16 +27,15 @@ import torch
 from torch import nn
 
 from goracs.errors import InputNotFound
-from goracs.models.encoding import collate_left, encode_prompt
+from goracs.models.encoding import collate_left, encode_prompt, pad_id
 from goracs.models.lm_head import final_hidden_states
-from goracs.tasks import Task, as_task
+from goracs.task_protocol import Task
 
 log = logging.getLogger(__name__)
 
 
-def embedding_texts(df: pd.DataFrame, task: Task | str, *, faithful: bool) -> list[str]:
-    """The text each sample is embedded from (:meth:`goracs.tasks.Task.embedding_text`; module docstring)."""
-    task = as_task(task)
+def embedding_texts(df: pd.DataFrame, task: Task, *, faithful: bool) -> list[str]:
+    """The text each sample is embedded from (:meth:`goracs.task_protocol.Task.embedding_text`; module docstring)."""
     return [task.embedding_text(r, faithful=faithful) for r in df.to_dict("records")]
 
 
@@ -124,7 +123,7 @@ class LastTokenEncoder:
 
     def collate(self, items: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         enc = [encode_prompt(self.tokenizer, it["text"], cutoff_len=self.max_length) for it in items]
-        batch = collate_left(enc, self.tokenizer.pad_token_id)
+        batch = collate_left(enc, pad_id(self.tokenizer))
         batch["index"] = torch.tensor([it["index"] for it in items])
         return batch
 

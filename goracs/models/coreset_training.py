@@ -18,17 +18,18 @@ from goracs.exports import save_adapter
 from goracs.models.encoding import tokenizer_corpus
 from goracs.models.finetune import TrainerConfig, fine_tune
 from goracs.models.lora import attach_lora
+from goracs.task_protocol import Task
 
 log = logging.getLogger(__name__)
 
 
 def train_on_coreset(backbone: Any, samples: Any, indices: np.ndarray, *, lora: Any, lora_init: str | None,
-                     lora_seed: int, task: Any, faithful: bool, trainer: TrainerConfig | Mapping[str, Any],
+                     lora_seed: int, task: Task, faithful: bool, trainer: TrainerConfig | Mapping[str, Any],
                      loggers: list | None, out_dir: Path, seed: int, resume: bool) -> tuple[Any, Any, dict[str, Any]]:
     """Fine-tune a fresh copy of ``backbone`` + LoRA on rows ``indices`` of ``samples.train`` (validated on
-    ``samples.valid``) for ``task`` (a :class:`goracs.tasks.Task`), save the adapter to ``out_dir/adapter`` (a PEFT
-    folder); return ``(model, tokenizer, metrics)`` with ``train/best_val_loss``, ``train/epochs``, ``train/steps``
-    and, after training, ``train/resumed``. ``seed`` seeds everything (Lightning) and the coreset's order; a killed
+    ``samples.valid``) for ``task`` (a :class:`goracs.task_protocol.Task`), save the adapter to ``out_dir/adapter``
+    (a PEFT folder); return ``(model, tokenizer, metrics)`` with ``train/best_val_loss``, ``train/epochs``,
+    ``train/steps`` and, after training, ``train/resumed``. ``seed`` seeds everything (Lightning) and the coreset's order; a killed
     job resumes from its last checkpoint in ``out_dir`` when ``resume``."""
     lightning.seed_everything(seed, workers=True, verbose=False)
     model, tokenizer = _with_initial_adapter(backbone, samples, lora, lora_init, lora_seed)

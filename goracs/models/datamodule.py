@@ -1,7 +1,7 @@
 """``RecDataModule``: sample DataFrames -> token batches for LoRA fine-tuning (any task).
 
-What a batch holds (the task's :meth:`~goracs.tasks.Task.encode`, from the rules in :mod:`goracs.models.encoding`,
-shared with features and evaluation):
+What a batch holds (the task's :meth:`~goracs.task_protocol.Task.encode`, from the rules in
+:mod:`goracs.models.encoding`, shared with features and evaluation):
 
 * SeqRec: ``input_ids``, ``attention_mask``, ``labels`` of ``prompt + output + EOS`` (``encode_lm``), truncated to
   ``cutoff_len`` tokens; prompt labels are -100 unless ``train_on_inputs`` (BIGRec default: True).
@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from goracs.models.encoding import collate_left
-from goracs.tasks import Task, as_task
+from goracs.models.encoding import collate_left, pad_id
+from goracs.task_protocol import Task
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,9 @@ class RecDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, train: pd.DataFrame, valid: pd.DataFrame | None, *,
-                 task: Task | str, faithful: bool = True, batch_size: int = 8, eval_batch_size: int = 16,
+                 task: Task, faithful: bool = True, batch_size: int = 8, eval_batch_size: int = 16,
                  cutoff_len: int = 512, train_on_inputs: bool = True, seed: int = 0):
         super().__init__()
-        task = as_task(task)
         for name, frame in (("train", train), ("valid", valid)):
             if frame is not None and len(frame):
                 missing = [c for c in task.required_columns if c not in frame.columns]
@@ -57,7 +56,7 @@ class RecDataModule(pl.LightningDataModule):
         self.valid_frame = valid.reset_index(drop=True) if valid is not None else train.iloc[:0]
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.cutoff_len, self.train_on_inputs, self.seed = cutoff_len, train_on_inputs, seed
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id(tokenizer)
         self.train_set: list[dict] = []
         self.valid_set: list[dict] = []
 
@@ -77,8 +76,8 @@ class RecDataModule(pl.LightningDataModule):
                      max(lengths))
 
     def encode(self, frame: pd.DataFrame) -> list[dict]:
-        """Encoded samples of ``frame`` (:meth:`goracs.tasks.Task.encode`: dicts of token-id lists, plus ``label``
-        for CTR)."""
+        """Encoded samples of ``frame`` (:meth:`~goracs.task_protocol.Task.encode`: dicts of token-id lists, plus
+        ``label`` for CTR)."""
         return [self.task.encode(self.tokenizer, row, faithful=self.faithful, cutoff_len=self.cutoff_len,
                                  train_on_inputs=self.train_on_inputs) for row in frame.to_dict("records")]
 

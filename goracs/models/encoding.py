@@ -21,14 +21,6 @@ from transformers import PreTrainedTokenizerBase
 IGNORE = -100
 
 
-def prompt_text(sample: Mapping, task: Any, *, purpose: str = "train", faithful: bool = True) -> str:
-    """Alpaca prompt of a sample for ``task`` (a :class:`goracs.tasks.Task` or its name, which picks the header).
-    ``purpose``: ``train`` (fine-tuning, gradients) or ``infer`` (generation)."""
-    from goracs.tasks import as_task
-
-    return as_task(task).prompt(sample, purpose=purpose, faithful=faithful)
-
-
 def encode_lm(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, *, cutoff_len: int = 512,
               train_on_inputs: bool = True) -> dict[str, list[int]]:
     """Token ids, attention mask and labels for causal-LM training on ``prompt + response`` (+ EOS).
@@ -70,6 +62,12 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, *, cutoff_len
     ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     ids = ids[-cutoff_len:]
     return {"input_ids": ids, "attention_mask": [1] * len(ids)}
+
+
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id left padding uses: the tokenizer's pad token, else its EOS (Llama-style tokenizers have no pad token;
+    padded positions are masked out, so which id fills them never changes a value)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def collate_left(batch: Sequence[Mapping[str, Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:

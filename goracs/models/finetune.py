@@ -63,7 +63,7 @@ from goracs.config import construct
 from goracs.errors import ConfigError
 from goracs.models.datamodule import RecDataModule
 from goracs.models.module import LoraRecModule
-from goracs.tasks import Task, as_task
+from goracs.task_protocol import Task
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class FitResult:
     resumed_from: Path | None = None  # the last.ckpt this fit resumed from; None for a fresh fit
 
 
-def fine_tune(model: torch.nn.Module, tokenizer, train: pd.DataFrame, valid: pd.DataFrame, *, task: Task | str,
+def fine_tune(model: torch.nn.Module, tokenizer, train: pd.DataFrame, valid: pd.DataFrame, *, task: Task,
               faithful: bool, trainer: TrainerConfig | Mapping[str, Any], logger=None, out_dir: Path, seed: int,
               callbacks: Sequence[Callback] = (), resume: bool = True, save_every_n_steps: int = 0) -> FitResult:
     """Fine-tune the trainable (LoRA) parameters of ``model`` on ``train``; restore the best adapter into ``model``.
@@ -132,7 +132,6 @@ def fine_tune(model: torch.nn.Module, tokenizer, train: pd.DataFrame, valid: pd.
     ckpt_dir = out_dir / "checkpoints"
     last = ckpt_dir / LAST_CKPT
     pl.seed_everything(seed, workers=True, verbose=False)
-    task = as_task(task)  # a goracs.tasks.Task (or its name): its encoding, loss and answer tokens
     data = _ResumableData(tokenizer, train, valid, task=task, faithful=faithful, batch_size=opts["batch_size"],
                           eval_batch_size=opts["eval_batch_size"], cutoff_len=opts["cutoff_len"],
                           train_on_inputs=opts["train_on_inputs"], seed=seed)

@@ -16,7 +16,7 @@ before the fp32 softmax, as the Hugging Face head does, so the values match the 
 (checked in ``tests/test_lm_head.py``).
 
 The same pass gives each token's EL2N error norm ``e_t = ‖softmax(z_t) − e_{y_t}‖₂ = √(Σ_v p_v² − 2 p_{y_t} + 1)``
-(used by :mod:`goracs.features.losses`).
+(the SeqRec EL2N feature, :meth:`goracs.tasks.SeqRecTask.losses`).
 
 Only models whose forward is ``logits = lm_head(decoder(...))`` take this path (:func:`split_head`: Llama, Mistral,
 Qwen2/3 with a bias-free, frozen head, not sharded by FSDP); any other model falls back to the full logits.

@@ -28,7 +28,7 @@ import torch
 from transformers import PreTrainedModel, get_linear_schedule_with_warmup
 
 from goracs.errors import ConfigError
-from goracs.tasks import Task, as_task
+from goracs.task_protocol import Task
 
 
 # Wrapper prefixes that FSDP / activation checkpointing insert into parameter names.
@@ -38,15 +38,14 @@ _WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig
 class LoraRecModule(pl.LightningModule):
     """Fine-tunes ``model`` (a PEFT model whose only trainable parameters are the adapter's).
 
-    ``task``: a :class:`goracs.tasks.Task` (or its name), which defines the loss. ``answer_ids`` = (yes_id, no_id)
-    from :meth:`goracs.tasks.Task.answer_ids`; required for a task that scores answers (CTR).
+    ``task``: a :class:`goracs.task_protocol.Task`, which defines the loss. ``answer_ids`` = (yes_id, no_id)
+    from :meth:`goracs.task_protocol.Task.answer_ids`; required for a task that scores answers (CTR).
     ``lr`` per optimiser step, ``weight_decay`` AdamW decoupled decay, ``warmup_steps`` in optimiser steps.
     """
 
-    def __init__(self, model: PreTrainedModel, *, task: Task | str, lr: float, weight_decay: float = 0.0,
+    def __init__(self, model: PreTrainedModel, *, task: Task, lr: float, weight_decay: float = 0.0,
                  warmup_steps: int = 0, answer_ids: tuple[int, int] | None = None):
         super().__init__()
-        task = as_task(task)
         if task.answers and answer_ids is None:
             raise ValueError(f"task={task.name!r} needs answer_ids=(yes_id, no_id) (see Task.answer_ids)")
         if lr <= 0 or warmup_steps < 0 or weight_decay < 0:
@@ -62,7 +61,7 @@ class LoraRecModule(pl.LightningModule):
         self.strict_loading = False
 
     def per_sample_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B,) task loss of each sample in ``batch`` (:meth:`goracs.tasks.Task.losses`; module docstring)."""
+        """(B,) task loss of each sample in ``batch`` (:meth:`goracs.task_protocol.Task.losses`; module docstring)."""
         return self.task.losses(self.model, batch, answer_ids=self.answer_ids)[0]
 
     def on_train_epoch_start(self) -> None:

@@ -34,10 +34,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from goracs.selection.pool import BUDGET_FREE_METHODS
+
 log = logging.getLogger("goracs.report")  # the CLI's logger: same name in messages and for filtering
 
 METHOD_ORDER = ("none", "full", "random", "grand", "el2n", "ccs", "d2", "moderate", "kcenter", "goracs")
-BUDGETLESS_METHODS = frozenset({"none", "full"})  # budget ignored: one column FULL_COLUMN
+BUDGETLESS_METHODS = BUDGET_FREE_METHODS  # budget ignored: one column FULL_COLUMN (the selection stage's list)
 SEEDLESS_METHODS = frozenset({"none"})  # no training: φ₀ is fixed by features.lora_seed / lora_init, not by seed
 FULL_COLUMN, GAP = "all", "—"
 BETTER, WORSE, FALLBACK = "▲", "▼", "†"  # cell markers: interval excludes 0 (better / worse), seed-level interval

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from goracs.cache import DiskCache, config_key
-from goracs.selection.pool import Pool, SelectionResult, Selector, check_budget
+from goracs.selection.pool import BUDGET_FREE_METHODS, Pool, SelectionResult, Selector, check_budget
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,11 @@ def cached_select(selector: Selector, pool: Pool, budget: int, *, seed: int, ide
 
     ``pool.features`` is a :class:`goracs.features.FeatureStore` (its ``fingerprint``, ``cfg.value_spec()`` and
     ``seconds`` are used). The budget is checked strictly (:func:`check_budget`) before any feature is computed,
-    except for methods that ignore it (``budget_free``: ``full``, ``none``), whose ``select`` still refuses a budget
-    that is not positive. The method's ``select/time_s`` excludes the time spent computing features.
+    except for methods that ignore it (``identity["method"]`` in :data:`BUDGET_FREE_METHODS`: ``full``, ``none``),
+    whose ``select`` still refuses a budget that is not positive. The method's ``select/time_s`` excludes the time
+    spent computing features.
     """
-    if not getattr(selector, "budget_free", False):
+    if identity.get("method") not in BUDGET_FREE_METHODS:
         check_budget(budget, pool.size, strict=True)
     spec = selection_spec(pool, budget, seed=seed, identity=identity)
     key = config_key(spec)

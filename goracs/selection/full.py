@@ -13,8 +13,6 @@ log = logging.getLogger(__name__)
 class FullSelector:
     """Select every training sample. Reads no features; the budget is only validated (it must be positive)."""
 
-    budget_free = True  # the budget means nothing for this method (goracs-run does not compare it with the pool)
-
     def select(self, pool: Pool, budget: int, *, seed: int) -> SelectionResult:
         start = time.perf_counter()
         check_budget(budget, pool.size)  # a non-positive budget is still a user mistake worth reporting

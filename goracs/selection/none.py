@@ -16,8 +16,6 @@ log = logging.getLogger(__name__)
 class NoTrainingSelector:
     """Select nothing; ``goracs-run`` then skips fine-tuning and evaluates φ₀. The budget is only validated."""
 
-    budget_free = True  # the budget means nothing for this method (goracs-run does not compare it with the pool)
-
     def select(self, pool: Pool, budget: int, *, seed: int) -> SelectionResult:
         start = time.perf_counter()
         check_budget(budget, max(pool.size, 1))  # a non-positive budget is still a user mistake worth reporting

@@ -16,10 +16,14 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import numpy as np
 
 from goracs.errors import ConfigError
+from goracs.task_protocol import Task
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid")
+# The methods (conf/selection/<name>.yaml stems) whose selection ignores the budget: goracs-run does not compare their
+# budget with the pool, and goracs-report gives them one column for every budget. The one list of them.
+BUDGET_FREE_METHODS = frozenset({"full", "none"})
 
 
 @runtime_checkable
@@ -136,21 +140,17 @@ def whole_pool(size: int, **stats: float) -> SelectionResult:
     return SelectionResult(indices=np.arange(size, dtype=np.int64), stats=dict(stats))
 
 
-def build_pool(samples: Any, features: FeatureSource, task: Any = None) -> Pool:
+def build_pool(samples: Any, features: FeatureSource, task: Task) -> Pool:
     """The pool of a data stage's ``samples`` (:class:`goracs.data.Samples`): one entry per training sample, the
     class labels of :func:`class_labels`, and ``features`` (computed lazily: random and full never trigger a model).
-    ``task``: the samples' :class:`goracs.tasks.Task` (default: looked up by ``samples.task``)."""
+    ``task``: the samples' task (:class:`goracs.task_protocol.Task`)."""
     labels, valid_labels = class_labels(samples, task)
     return Pool(size=len(samples.train), features=features, labels=labels, valid_labels=valid_labels)
 
 
-def class_labels(samples: Any, task: Any = None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Train and validation class labels of a task that has them (:meth:`goracs.tasks.Task.class_labels`; CTR: they
-    drive GORACS's label-enhanced selection and the classes of CCS/Moderate); ``(None, None)`` for a generative
+def class_labels(samples: Any, task: Task) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Train and validation class labels of a task that has them (:meth:`~goracs.task_protocol.Task.class_labels`;
+    CTR: they drive GORACS's label-enhanced selection and the classes of CCS/Moderate); ``(None, None)`` for a generative
     task."""
-    if task is None:
-        from goracs.tasks import as_task  # the task module, not a model: the pool still sees arrays only
-
-        task = as_task(samples.task)
     train, valid = task.class_labels(samples.train), task.class_labels(samples.valid)
     return (None, None) if train is None or valid is None else (train, valid)
