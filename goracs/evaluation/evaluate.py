@@ -56,9 +56,9 @@ def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task:
     (sampled: target + its ``negatives``), ``ndcg@K_full``, ``hit@K_full`` (whole catalogue) and ``exact_match``;
     ``likelihood`` gives ``ndcg@K_ll``, ``hit@K_ll`` (target and negatives ranked by the model's mean
     log-probability of each candidate's response); ``both`` gives both; ``none`` gives only ``loss`` (no
-    generation, no candidate scoring: the cheap setting of a study whose verdict is the test loss). ``ranking_rows``: rank only that many test
-    rows (a fixed subset, the same for every job: the first rows of a ``default_rng(0)`` permutation of the test
-    positions); null = all. Rows with several ``targets`` (DEALRec test) count the best-ranked target. CTR: ``auc``
+    generation, no candidate scoring: the cheap setting of a study whose verdict is the test loss).
+    ``ranking_rows``: rank only that many test rows (a fixed subset, the same for every job: the first rows of a
+    ``default_rng(0)`` permutation of the test positions); null = all. Rows with several ``targets`` (DEALRec test) count the best-ranked target. CTR: ``auc``
     (NaN with a warning when the test labels have one class), ``logloss``, ``accuracy``.
     ``device``: where to run (None = CUDA when available, else CPU); the model is moved there (unless quantised or
     device-mapped) and set to eval mode. ``cache_dir`` + ``model_key`` (a hash of the base model's spec): cache the
