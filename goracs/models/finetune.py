@@ -124,14 +124,27 @@ def fine_tune(model: torch.nn.Module, tokenizer, train: pd.DataFrame, valid: pd.
     and starts afresh. ``save_every_n_steps``: also write ``last.ckpt`` every that many optimiser steps (0: only at
     validation checks and epoch ends); useful when an epoch takes long.
     The model ends on the CPU or the device Lightning leaves it on; the caller moves it for evaluation.
+    Four steps: ``_build`` (datamodule, module, fingerprint), ``_resume`` (the checkpoint to continue), ``_fit`` (the
+    Lightning trainer and its fit), ``_collect`` (restore the best adapter, the ``FitResult``).
     """
     opts = _check_trainer(trainer)
     if isinstance(save_every_n_steps, bool) or int(save_every_n_steps) != save_every_n_steps or save_every_n_steps < 0:
         raise ConfigError(f"save_every_n_steps={save_every_n_steps}: expected an integer >= 0 (0: no step checkpoints)")
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    last = ckpt_dir / LAST_CKPT
     pl.seed_everything(seed, workers=True, verbose=False)
+    data, module, fingerprint = _build(model, tokenizer, train, valid, task=task, faithful=faithful, opts=opts,
+                                       seed=seed)
+    resumed_from = _resume(out_dir / "checkpoints" / LAST_CKPT, data, module, fingerprint, resume=resume)
+    pl_trainer, checkpoint, time_s = _fit(module, data, opts=opts, out_dir=out_dir, fingerprint=fingerprint,
+                                          logger=logger, callbacks=callbacks, save_every_n_steps=save_every_n_steps,
+                                          resumed_from=resumed_from, task=task.name)
+    return _collect(pl_trainer, checkpoint, module, validate=data.has_validation, time_s=time_s,
+                    resumed_from=resumed_from)
+
+
+def _build(model: torch.nn.Module, tokenizer, train: pd.DataFrame, valid: pd.DataFrame, *, task: Task,
+           faithful: bool, opts: Mapping[str, Any], seed: int) -> tuple[_ResumableData, LoraRecModule, dict]:
+    """Step 1: the datamodule, the LightningModule around ``model`` and the fit's fingerprint (``_fingerprint``)."""
     data = _ResumableData(tokenizer, train, valid, task=task, faithful=faithful, batch_size=opts["batch_size"],
                           eval_batch_size=opts["eval_batch_size"], cutoff_len=opts["cutoff_len"],
                           train_on_inputs=opts["train_on_inputs"], seed=seed)
@@ -139,8 +152,13 @@ def fine_tune(model: torch.nn.Module, tokenizer, train: pd.DataFrame, valid: pd.
                            warmup_steps=int(opts["warmup_steps"]),
                            answer_ids=task.answer_ids(tokenizer))
     fingerprint = _fingerprint(model, train, valid, task=task.name, faithful=faithful, seed=seed, opts=opts)
+    return data, module, fingerprint
 
-    resumed_from = None
+
+def _resume(last: Path, data: _ResumableData, module: LoraRecModule, fingerprint: Mapping[str, str], *,
+            resume: bool) -> Path | None:
+    """Step 2: the ``last.ckpt`` to continue from (checked by ``_read_resumable``, its data position handed to
+    ``data``), or None for a fresh fit; ``resume=False`` deletes it."""
     if last.exists() and not resume:
         log.info("resume=False: deleting %s and fine-tuning afresh", last)
         last.unlink()
@@ -151,9 +169,35 @@ def fine_tune(model: torch.nn.Module, tokenizer, train: pd.DataFrame, valid: pd.
         data.load_state_dict(saved.get(_ResumableData.__qualname__, {}))
         log.info("resuming fine-tuning from %s (epoch %d, step %d)", last, int(saved["epoch"]),
                  int(saved["global_step"]))
-        resumed_from = last
+        return last
+    return None
 
-    validate = data.has_validation
+
+def _fit(module: LoraRecModule, data: _ResumableData, *, opts: Mapping[str, Any], out_dir: Path,
+         fingerprint: Mapping[str, str], logger, callbacks: Sequence[Callback], save_every_n_steps: int,
+         resumed_from: Path | None, task: str) -> tuple[pl.Trainer, ModelCheckpoint, float]:
+    """Step 3: the Lightning ``Trainer`` (from ``opts["lightning"]``, with our callbacks) and its ``fit``; returns the
+    trainer, the best-adapter checkpoint callback and the fit's wall time (seconds)."""
+    validate, node = data.has_validation, dict(opts["lightning"])
+    checkpoint, own = _callbacks(out_dir / "checkpoints", fingerprint, validate=validate,
+                                 patience=int(opts["patience"]), save_every_n_steps=save_every_n_steps,
+                                 extra=callbacks, progress_bar=bool(node.get("enable_progress_bar", True)))
+    extra: dict[str, Any] = {"limit_val_batches": 0, "num_sanity_val_steps": 0} if not validate else {}
+    pl_trainer = instantiate(node, logger=logger if logger is not None else False, callbacks=own,
+                             default_root_dir=str(out_dir), enable_checkpointing=True, **extra)
+
+    log.info("fine-tuning on %d samples (%d valid), task %s, %s", len(data.train_frame), len(data.valid_frame), task,
+             "early stopping on val/loss" if validate else "no validation: final adapter kept")
+    t0 = time.perf_counter()
+    pl_trainer.fit(module, datamodule=data, ckpt_path=str(resumed_from) if resumed_from is not None else None)
+    return pl_trainer, checkpoint, time.perf_counter() - t0
+
+
+def _callbacks(ckpt_dir: Path, fingerprint: Mapping[str, str], *, validate: bool, patience: int,
+               save_every_n_steps: int, extra: Sequence[Callback],
+               progress_bar: bool) -> tuple[ModelCheckpoint, list[Callback]]:
+    """The best-adapter checkpoint, and every callback in order: it, the resumable ``last.ckpt`` writer(s),
+    ``_FitTracker``, the caller's ``extra``, ``EarlyStopping`` (with validation) and the progress bar."""
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename="adapter-best" if validate else "adapter-final",
         monitor="val/loss" if validate else None, mode="min", save_top_k=1, save_weights_only=True,
@@ -168,22 +212,18 @@ def fine_tune(model: torch.nn.Module, tokenizer, train: pd.DataFrame, valid: pd.
         resumable.append(_LastCheckpoint(dirpath=ckpt_dir, filename=Path(LAST_CKPT).stem, monitor=None,
                                          save_top_k=1, save_weights_only=False,
                                          every_n_train_steps=int(save_every_n_steps), enable_version_counter=False))
-    own: list[Callback] = [checkpoint, *resumable, _FitTracker(fingerprint), *callbacks]
+    own: list[Callback] = [checkpoint, *resumable, _FitTracker(fingerprint), *extra]
     if validate:
-        own.append(EarlyStopping(monitor="val/loss", mode="min", patience=int(opts["patience"])))
-    node = dict(opts["lightning"])
-    if node.get("enable_progress_bar", True):
+        own.append(EarlyStopping(monitor="val/loss", mode="min", patience=patience))
+    if progress_bar:
         own.append(TQDMProgressBar())
-    extra: dict[str, Any] = {"limit_val_batches": 0, "num_sanity_val_steps": 0} if not validate else {}
-    pl_trainer = instantiate(node, logger=logger if logger is not None else False, callbacks=own,
-                             default_root_dir=str(out_dir), enable_checkpointing=True, **extra)
+    return checkpoint, own
 
-    log.info("fine-tuning on %d samples (%d valid), task %s, %s", len(train), len(valid), task.name,
-             "early stopping on val/loss" if validate else "no validation: final adapter kept")
-    t0 = time.perf_counter()
-    pl_trainer.fit(module, datamodule=data, ckpt_path=str(resumed_from) if resumed_from is not None else None)
-    time_s = time.perf_counter() - t0
 
+def _collect(pl_trainer: pl.Trainer, checkpoint: ModelCheckpoint, module: LoraRecModule, *, validate: bool,
+             time_s: float, resumed_from: Path | None) -> FitResult:
+    """Step 4: restore the best (or final) adapter into the model and gather the ``FitResult`` (counters from
+    ``_FitTracker``'s ``callback_metrics``, which survive ``ddp_spawn``)."""
     ckpt = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     best = math.nan
     if ckpt is not None and ckpt.exists():
