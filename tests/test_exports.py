@@ -133,7 +133,7 @@ def test_a_job_leaves_a_peft_adapter_and_the_official_coreset(tmp_path):
                              tmp_path / "job", tmp_path / "cache")
     assert run(cfg)["status"] == "ok"
     plain = lambda n: OmegaConf.to_container(n, resolve=True)  # noqa: E731
-    samples = prepare_samples(plain(cfg.data), plain(cfg.task), int(cfg.data_seed), tmp_path / "cache")
+    samples = prepare_samples(plain(cfg.data), instantiate(cfg.task), int(cfg.data_seed), tmp_path / "cache")
     base, _ = instantiate(cfg.model.backbone).load(tokenizer_corpus(samples))
     loaded = PeftModel.from_pretrained(base, str(tmp_path / "job" / "adapter"))
     lora_b = [p for n, p in loaded.named_parameters() if "lora_B" in n]
