@@ -37,7 +37,7 @@ def _write_adapter(cfg, folder: Path, seed: int) -> None:
     from omegaconf import OmegaConf
 
     plain = lambda n: OmegaConf.to_container(n, resolve=True)  # noqa: E731
-    samples = prepare_samples(plain(cfg.data), plain(cfg.task), int(cfg.data_seed), Path(cfg.paths.cache_dir))
+    samples = prepare_samples(plain(cfg.data), instantiate(cfg.task), int(cfg.data_seed), Path(cfg.paths.cache_dir))
     model, _ = instantiate(cfg.model.backbone).load(tokenizer_corpus(samples))
     model = attach_lora(model, instantiate(cfg.model.lora), seed=0)
     gen = torch.Generator().manual_seed(seed)
