@@ -304,9 +304,13 @@ def _compact(heap_d, heap_j, size, dist_c, done_c):
 def _ssp(cost_rows, u, v, plan_t, excess, col_def, supply, demand, total, limit, log_buf, n_log):
     """Route every positive row excess to the deficits by successive shortest paths (module docstring).
 
-    Returns (status, change of Σ C x, log length, log buffer). ``log_buf`` rows are (column, slot, +units) plan
-    changes in order, for revert; it is re-allocated when full. Stops early (ABANDONED) when the dual bound exceeds
-    ``limit``. Each pass routes >= 1 unit, so it terminates after at most Σ excess passes.
+    One Dijkstra pass from a source runs until the deficits it has reached cover the source's excess; the potentials
+    then move by ``(D - d)^+`` with D the farthest of those targets, which makes every tree path to them tight, and
+    the targets are served in order of distance along their tree paths (each path's bottleneck taken at that time;
+    paths of one tree never use an edge in opposite directions). Returns (status, change of Σ C x, log length, log
+    buffer). ``log_buf`` rows are (column, slot, +units) plan changes in order, for revert; it is re-allocated when
+    full. Stops early (ABANDONED) when the dual bound exceeds ``limit``. Each pass routes >= 1 unit, so it
+    terminates after at most Σ excess passes.
     """
     k_slots, m = cost_rows.shape
     inf = np.inf
@@ -318,6 +322,7 @@ def _ssp(cost_rows, u, v, plan_t, excess, col_def, supply, demand, total, limit,
     pred_r = np.empty(k_slots, dtype=np.int64)
     fin_r = np.empty(k_slots, dtype=np.int64)
     fin_c = np.empty(m, dtype=np.int64)
+    targets = np.empty(m + k_slots, dtype=np.int64)  # >= 0: a column; < 0: row -(t + 1)
     heap_d = np.empty(4 * m + 4)
     heap_j = np.empty(4 * m + 4, dtype=np.int64)
     delta_cost = 0.0
@@ -331,17 +336,16 @@ def _ssp(cost_rows, u, v, plan_t, excess, col_def, supply, demand, total, limit,
             return DONE, delta_cost, n_log, log_buf
         for j in range(m):
             dist_c[j] = inf
-        n_fr = 0
-        n_fc = 0
         dist_r[src] = 0.0
         done_r[src] = True
         fin_r[0] = src
         n_fr = 1
+        n_fc = 0
+        n_t = 0
+        covered = 0
         size = _relax(cost_rows, u, v, src, 0.0, dist_c, done_c, pred_c, heap_d, heap_j, 0)
-        t_col = -1
-        t_row = -1
         big_d = 0.0
-        while True:
+        while covered < excess[src]:
             jb = -1
             while size > 0:
                 best, j = heap_d[0], heap_j[0]
@@ -350,14 +354,17 @@ def _ssp(cost_rows, u, v, plan_t, excess, col_def, supply, demand, total, limit,
                     jb = j
                     break
             if jb < 0:
-                return INFEASIBLE, delta_cost, n_log, log_buf
+                break
             big_d = best
             done_c[jb] = True
             fin_c[n_fc] = jb
             n_fc += 1
             if col_def[jb] > 0:
-                t_col = jb
-                break
+                targets[n_t] = jb
+                n_t += 1
+                covered += col_def[jb]
+                if covered >= excess[src]:
+                    break
             col = plan_t[jb]
             for i in range(k_slots):
                 if col[i] > 0 and not done_r[i]:
@@ -367,11 +374,14 @@ def _ssp(cost_rows, u, v, plan_t, excess, col_def, supply, demand, total, limit,
                     fin_r[n_fr] = i
                     n_fr += 1
                     if excess[i] < 0:
-                        t_row = i
-                        break
+                        targets[n_t] = -(i + 1)
+                        n_t += 1
+                        covered -= excess[i]
+                        if covered >= excess[src]:
+                            break
                     size = _relax(cost_rows, u, v, i, big_d, dist_c, done_c, pred_c, heap_d, heap_j, size)
-            if t_row >= 0:
-                break
+        if n_t == 0:
+            return INFEASIBLE, delta_cost, n_log, log_buf
         # Potentials: (D - d)^+ on every finalised node (all have d <= D); others are unchanged.
         for q in range(n_fr):
             i = fin_r[q]
@@ -381,63 +391,70 @@ def _ssp(cost_rows, u, v, plan_t, excess, col_def, supply, demand, total, limit,
             j = fin_c[q]
             v[j] -= big_d - dist_c[j]
             done_c[j] = False
-        # Bottleneck along the path (target back to src), then push.
-        amount = excess[src]
-        length = 0
-        if t_col >= 0:
-            if col_def[t_col] < amount:
-                amount = col_def[t_col]
-            j = t_col
-        else:
-            if -excess[t_row] < amount:
-                amount = -excess[t_row]
-            j = pred_r[t_row]
-            if plan_t[j, t_row] < amount:
-                amount = plan_t[j, t_row]
-            length += 1
-        while True:
-            i = pred_c[j]
-            length += 1
-            if i == src:
+        for q in range(n_t):
+            if excess[src] <= 0:
                 break
-            j = pred_r[i]
-            length += 1
-            if plan_t[j, i] < amount:
-                amount = plan_t[j, i]
-        if n_log + length > log_buf.shape[0]:
-            grown = np.empty((2 * (n_log + length), 3), dtype=np.int64)
-            grown[:n_log] = log_buf[:n_log]
-            log_buf = grown
-        if t_col >= 0:
-            col_def[t_col] -= amount
-            j = t_col
-        else:
-            excess[t_row] += amount
-            j = pred_r[t_row]
-            plan_t[j, t_row] -= amount
-            delta_cost -= amount * np.float64(cost_rows[t_row, j])
-            log_buf[n_log, 0] = j
-            log_buf[n_log, 1] = t_row
-            log_buf[n_log, 2] = -amount
-            n_log += 1
-        while True:
-            i = pred_c[j]
-            plan_t[j, i] += amount
-            delta_cost += amount * np.float64(cost_rows[i, j])
-            log_buf[n_log, 0] = j
-            log_buf[n_log, 1] = i
-            log_buf[n_log, 2] = amount
-            n_log += 1
-            if i == src:
-                break
-            j = pred_r[i]
-            plan_t[j, i] -= amount
-            delta_cost -= amount * np.float64(cost_rows[i, j])
-            log_buf[n_log, 0] = j
-            log_buf[n_log, 1] = i
-            log_buf[n_log, 2] = -amount
-            n_log += 1
-        excess[src] -= amount
+            # Bottleneck along the tree path (target back to src), then push.
+            t = targets[q]
+            amount = excess[src]
+            length = 0
+            if t >= 0:
+                if col_def[t] < amount:
+                    amount = col_def[t]
+                j = t
+            else:
+                if -excess[-t - 1] < amount:
+                    amount = -excess[-t - 1]
+                j = pred_r[-t - 1]
+                if plan_t[j, -t - 1] < amount:
+                    amount = plan_t[j, -t - 1]
+                length += 1
+            while True:
+                i = pred_c[j]
+                length += 1
+                if i == src:
+                    break
+                j = pred_r[i]
+                length += 1
+                if plan_t[j, i] < amount:
+                    amount = plan_t[j, i]
+            if amount <= 0:
+                continue
+            if n_log + length > log_buf.shape[0]:
+                grown = np.empty((2 * (n_log + length), 3), dtype=np.int64)
+                grown[:n_log] = log_buf[:n_log]
+                log_buf = grown
+            if t >= 0:
+                col_def[t] -= amount
+                j = t
+            else:
+                row_t = -t - 1
+                excess[row_t] += amount
+                j = pred_r[row_t]
+                plan_t[j, row_t] -= amount
+                delta_cost -= amount * np.float64(cost_rows[row_t, j])
+                log_buf[n_log, 0] = j
+                log_buf[n_log, 1] = row_t
+                log_buf[n_log, 2] = -amount
+                n_log += 1
+            while True:
+                i = pred_c[j]
+                plan_t[j, i] += amount
+                delta_cost += amount * np.float64(cost_rows[i, j])
+                log_buf[n_log, 0] = j
+                log_buf[n_log, 1] = i
+                log_buf[n_log, 2] = amount
+                n_log += 1
+                if i == src:
+                    break
+                j = pred_r[i]
+                plan_t[j, i] -= amount
+                delta_cost -= amount * np.float64(cost_rows[i, j])
+                log_buf[n_log, 0] = j
+                log_buf[n_log, 1] = i
+                log_buf[n_log, 2] = -amount
+                n_log += 1
+            excess[src] -= amount
         if limit < inf:
             bound = demand * v.sum()
             for i in range(k_slots):
