@@ -3,7 +3,7 @@
     python experiments/scaling_goracs.py [--out docs/bench_goracs_scaling]   # ~5-10 min on 2 busy cores
 
 Inputs: ``../shared/bench/make_bench_features.py`` (seed 0, d = 128) at every (N, M); one axis varies at a time
-around the base point N = 5,000, M = 500, n = 125 (λ 0.1). Per point, in one process, CPU seconds
+around the base point N = 10,000, M = 1,000, n = 250 (λ 0.1). Per point, in one process, CPU seconds
 (``time.process_time``, steadier than wall time on a shared machine) of:
 
 - **greedy**: the lazy facility-location greedy on the built cost (cost matrix excluded, timed apart as ``cost``);
@@ -28,8 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 MAKE = ROOT.parent / "shared" / "bench" / "make_bench_features.py"
-BASE = dict(N=5000, M=500, n=125)
-AXES = {"N": [2500, 5000, 10000, 20000], "M": [250, 500, 1000, 2000], "n": [60, 125, 250, 500]}
+BASE = dict(N=10000, M=1000, n=250)
+AXES = {"N": [5000, 10000, 20000, 40000], "M": [500, 1000, 2000, 4000], "n": [125, 250, 500, 1000]}
 # Leading terms (per call): cost O(NMd); lazy greedy O(NM) per heap refresh, O(nNM) worst case; the fill O(NM) per
 # batch (insertion estimates over the pool) x log n batches + shortest paths; an exchange O(NM) pruning pass (often
 # skipped by the row-min cache) + O(k M) per Dijkstra pass, k rows reached.
@@ -45,6 +45,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    _measure(N=2000, M=200, n=50)  # warm-up: numba loads its compiled kernels, torch its threads
     rows = []
     for axis, values in AXES.items():
         for value in values:
