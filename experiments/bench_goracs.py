@@ -71,7 +71,7 @@ def main() -> None:
     print(_table(rows))
     print(ANCHOR)
     if args.targets:
-        print(_target_summary(rows))
+        print(_target_summary(kept + rows))
 
 
 def _shape_a_configs(args) -> list[dict]:
