@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from goracs.selection.ccs import CCSSelector
+from goracs.selection.d2 import EPS, D2Selector, forward_density, knn_graph, reverse_message_passing, symmetric_csr
 from goracs.selection.pool import ArrayFeatures, Pool
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
@@ -42,3 +43,45 @@ def test_ccs_official_variant_selects_the_official_indices(case, seed):
     result = ccs.select(pool_of(el2n=scores), p["m"], seed=seed)
     assert result.indices.tolist() == CCS[f"{case}__seed{seed}__indices"].tolist()
     assert result.traces["per_stratum"] == CCS[f"{case}__seed{seed}__per_stratum"].tolist()
+
+
+# --- D2: adymaharana/d2pruning, selection_mp coreset_mode=graph (mislabel_mask + GraphDensitySampler) -------------
+
+D2, D2_PARAMS = fixture("d2")
+
+
+@pytest.mark.parametrize("case", sorted(D2_PARAMS))
+def test_d2_graph_and_forward_message_passing_match_the_official_to_1e_6(case):
+    p, kept = D2_PARAMS[case], D2[f"{case}__kept"]  # nodes in the official order: the cutoff's sorted order
+    emb, scores = D2[f"{case}__embeddings"][kept], D2[f"{case}__scores"][kept].astype(np.float64)
+    nbr, dist = knn_graph(emb, p["k"], block_size=64)
+    indptr, cols, dists = symmetric_csr(nbr, dist)
+    rows = np.repeat(np.arange(len(kept)), np.diff(indptr))
+    official = sorted(zip(D2[f"{case}__edge_rows"].tolist(), D2[f"{case}__edge_cols"].tolist()))
+    assert list(zip(rows.tolist(), cols.tolist())) == official  # same edges (both directions), same order
+    weights = np.exp(-dists) * np.maximum(scores[cols], EPS)
+    np.testing.assert_allclose(weights, D2[f"{case}__edge_weights"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(forward_density(indptr, cols, dists, scores, p["graph_mode"]), D2[f"{case}__forward"],
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", sorted(D2_PARAMS))
+def test_d2_reverse_message_passing_matches_the_official_picks_and_scores(case):
+    p, kept = D2_PARAMS[case], D2[f"{case}__kept"]
+    nbr, dist = knn_graph(D2[f"{case}__embeddings"][kept], p["k"], block_size=64)
+    indptr, cols, dists = symmetric_csr(nbr, dist)
+    order, rho = reverse_message_passing(D2[f"{case}__forward"], indptr, cols, dists, p["m"], p["gamma"],
+                                         p["sampling_mode"], return_density=True)
+    assert order.tolist() == D2[f"{case}__order"].tolist()  # the same picks in the same order
+    rest = np.setdiff1d(np.arange(len(kept)), order)  # the official marks picks with min - 1; compare the others
+    np.testing.assert_allclose(rho[rest], D2[f"{case}__final_density"][rest], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", sorted(D2_PARAMS))
+def test_d2_selector_selects_the_official_indices(case):
+    p = D2_PARAMS[case]
+    d2 = D2Selector(score="el2n", embedding="text_emb", n_neighbors=p["k"], gamma=p["gamma"],
+                    graph_mode=p["graph_mode"], sampling_mode=p["sampling_mode"], hard_fraction=p["beta"],
+                    drop_highest=p["drop_highest"], block_size=64)
+    pool = pool_of(el2n=D2[f"{case}__scores"], text_emb=D2[f"{case}__embeddings"])
+    assert d2.select(pool, p["m"], seed=0).indices.tolist() == D2[f"{case}__indices"].tolist()
