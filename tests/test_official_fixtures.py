@@ -14,6 +14,7 @@ import pytest
 
 from goracs.selection.ccs import CCSSelector
 from goracs.selection.d2 import EPS, D2Selector, forward_density, knn_graph, reverse_message_passing, symmetric_csr
+from goracs.selection.dealrec import DEALRecSelector
 from goracs.selection.pool import ArrayFeatures, Pool
 
 FIXTURES = Path(__file__).parent / "fixtures" / "official"
@@ -85,3 +86,29 @@ def test_d2_selector_selects_the_official_indices(case):
                     drop_highest=p["drop_highest"], block_size=64)
     pool = pool_of(el2n=D2[f"{case}__scores"], text_emb=D2[f"{case}__embeddings"])
     assert d2.select(pool, p["m"], seed=0).indices.tolist() == D2[f"{case}__indices"].tolist()
+
+
+# --- DEALRec: Linxyhaha/DEALRec code/prune/prune.py (__main__ run with the two score vectors as inputs) -------------
+
+PRUNE, PRUNE_PARAMS = fixture("dealrec_prune")
+PRUNE_RUNS = [(case, seed) for case, p in PRUNE_PARAMS.items() for seed in p["seeds"]]
+
+
+def dealrec_selector(p: dict, variant: str = "official") -> DEALRecSelector:
+    return DEALRecSelector(influence="influence", effort="grad_norm", lam=p["lamda"], hard_prune=p["hard_prune"],
+                           n_strata=p["k"], variant=variant)
+
+
+@pytest.mark.parametrize("case, seed", PRUNE_RUNS)
+def test_dealrec_official_variant_reproduces_scores_groups_budgets_and_indices(case, seed):
+    p, run = PRUNE_PARAMS[case], f"{case}__seed{seed}"
+    pool = pool_of(influence=PRUNE[f"{case}__influence"], grad_norm=PRUNE[f"{case}__effort"])
+    result = dealrec_selector(p).select(pool, p["n_fewshot"], seed=seed)
+    # the overall score minmax(influence) + lam·minmax(effort), bit for bit in float32
+    assert np.array_equal(result.scores.astype(np.float32), PRUNE[f"{case}__overall"])
+    # the groups, visited smallest first: their sizes and budgets in the official visiting order
+    sizes, budgets = np.array(result.traces["stratum_sizes"]), np.array(result.traces["per_stratum"])
+    visit = [g for g in np.argsort(sizes, kind="stable") if sizes[g] > 0]
+    assert sizes[visit].astype(int).tolist() == PRUNE[f"{run}__group_sizes"].tolist()
+    assert budgets[visit].astype(int).tolist() == PRUNE[f"{run}__group_budgets"].tolist()
+    assert result.indices.tolist() == sorted(PRUNE[f"{run}__coreset"].tolist())
