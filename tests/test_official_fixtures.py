@@ -11,7 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from goracs.features.influence import RestrictedLoss, lissa
+from goracs.features.sasrec import SASRec
+from goracs.features.sequences import SequenceData
+from goracs.features.surrogate import cpu_threads
 from goracs.selection.ccs import CCSSelector
 from goracs.selection.d2 import EPS, D2Selector, forward_density, knn_graph, reverse_message_passing, symmetric_csr
 from goracs.selection.dealrec import DEALRecSelector
@@ -112,3 +117,75 @@ def test_dealrec_official_variant_reproduces_scores_groups_budgets_and_indices(c
     assert sizes[visit].astype(int).tolist() == PRUNE[f"{run}__group_sizes"].tolist()
     assert budgets[visit].astype(int).tolist() == PRUNE[f"{run}__group_budgets"].tolist()
     assert result.indices.tolist() == sorted(PRUNE[f"{run}__coreset"].tolist())
+
+
+# --- DEALRec influence: code/prune/influence_score.py on the official SASRec surrogate (weights in the fixture) ------
+
+INFL, INFL_PARAMS = fixture("dealrec_influence")
+PARAM = "item_encoder.layer.1.attention.dense.weight"  # the one matrix the official influence is restricted to
+
+
+def official_surrogate() -> SASRec:
+    """Our SASRec carrying the official trained weights (its kernel-1 Conv1d weights as Linear matrices)."""
+    s = INFL_PARAMS["surrogate"]
+    model = SASRec(INFL_PARAMS["n_items"], hidden_size=s["hidden_size"], num_layers=s["num_hidden_layers"],
+                   num_heads=s["num_attention_heads"], dropout=s["hidden_dropout_prob"], max_len=s["max_seq_length"])
+    state = {k[len("state__"):]: torch.from_numpy(v) for k, v in INFL.items() if k.startswith("state__")}
+    model.load_state_dict({k: v.squeeze(-1) if "conv1d" in k and k.endswith("weight") else v for k, v in state.items()})
+    return model.eval()
+
+
+def official_sequences() -> SequenceData:
+    """The official training rows (input items[:-2], targets items[1:-1], padded to 50); negatives exclude the user's
+    whole sequence, as the official ``neg_sample``."""
+    seqs = np.split(INFL["sequences_flat"].astype(np.int64), np.cumsum(INFL["sequences_len"])[:-1])
+    exclude = np.zeros((len(seqs), max(map(len, seqs))), dtype=np.int64)
+    for row, seq in enumerate(seqs):
+        exclude[row, :len(seq)] = seq
+    return SequenceData(inputs=INFL["frozen__input_ids"].astype(np.int64),
+                        targets=INFL["frozen__target_pos"].astype(np.int64), exclude=exclude,
+                        n_items=INFL_PARAMS["n_items"], max_len=INFL_PARAMS["surrogate"]["max_seq_length"])
+
+
+def test_dealrec_influence_matches_the_official_for_the_same_negatives_and_lissa_samples():
+    """With each user's negatives drawn once (the official dataset's draw, frozen) and the official LiSSA sample
+    sequence (python ``random.choice`` after ``random.seed(7)``), v, H⁻¹v and the influence agree to float32
+    accumulation error: v to 1e-5 relative, H⁻¹v and the influence to 1e-4 of their largest magnitude after
+    300 LiSSA steps (each step adds float32 rounding of a 32×32 double-backward)."""
+    with cpu_threads("cpu"):  # one intra-op thread, as the feature stage runs the surrogate (10x faster here)
+        check_exact_influence()
+
+
+def check_exact_influence() -> None:
+    loss = RestrictedLoss(official_surrogate(), official_sequences(), PARAM, np.random.default_rng(0))
+    loss.neg = torch.as_tensor(INFL["frozen__target_neg"].astype(np.int64))
+    v = loss.batch_mean_gradient(INFL_PARAMS["surrogate"]["batch_size"])
+    official_v = INFL["exact__v"].reshape(-1)  # the official v keeps the matrix shape; flattened row-major as ours
+    np.testing.assert_allclose(v.numpy(), official_v, rtol=1e-5, atol=1e-5 * np.abs(official_v).max())
+    picks = iter(INFL["exact__lissa_idx"].astype(np.int64).tolist())
+    h = lissa(lambda x: loss.hvp(x, [next(picks)]), v, damping=0.01, scale=25.0,
+              depth=INFL_PARAMS["exact"]["recursion_depth"])
+    np.testing.assert_allclose(h.numpy(), INFL["exact__h"], rtol=0, atol=1e-4 * np.abs(INFL["exact__h"]).max())
+    ours = loss.dot_per_sample(h, batch_size=64)
+    official = INFL["exact__influence"]
+    np.testing.assert_allclose(ours, official, rtol=0, atol=1e-4 * np.abs(official).max())
+
+
+# --- the variant switch is part of the selection cache key -----------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["ccs", "dealrec"])
+def test_the_variant_is_in_the_selection_config_node_so_the_cache_key_changes(method, tmp_path):
+    from omegaconf import OmegaConf
+
+    from conftest import compose_run_config
+    from goracs.cache import config_key
+
+    keys = {}
+    for variant in ("official", "corrected"):
+        cfg = compose_run_config([f"selection={method}", f"selection.variant={variant}"], tmp_path / variant,
+                                 tmp_path / "cache")
+        node = OmegaConf.to_container(cfg.selection, resolve=True)  # what run.py puts in the selection identity
+        assert node["variant"] == variant
+        keys[variant] = config_key({"selection": node})
+    assert compose_run_config([f"selection={method}"], tmp_path / "d", tmp_path / "cache").selection.variant == "official"
+    assert keys["official"] != keys["corrected"]
