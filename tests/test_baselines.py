@@ -94,19 +94,36 @@ CCS_SCORES = np.array([0.0, 1.1, 1.2, 2.1, 2.2, 2.3] + [3.0, 3.1, 3.2, 3.3, 3.4,
                       + [100.0, 200.0])  # strata over [0, 4] of width 1 hold 1, 2, 3, 10 samples; two outliers
 
 
-@pytest.mark.parametrize("budget, counts", [(8, [1, 2, 2, 3]), (14, [1, 2, 3, 8])])
-def test_ccs_per_stratum_counts(budget, counts):
-    ccs = CCSSelector(score="el2n", hard_fraction=0.12, drop_highest=True, n_strata=4)  # floor(0.12 * 18) = 2 cut
+# corrected: edges 0, 1, 2, 3, 4 (4.0 in the last stratum): sizes 1, 2, 3, 10.
+# official: the top edge is 4·1.0001, so the edges are k·1.0001 and 3.0 falls in the third stratum: sizes 1, 2, 4, 9.
+@pytest.mark.parametrize("variant, edges, budget, counts", [
+    ("corrected", [1.0, 2.0, 3.0], 8, [1, 2, 2, 3]), ("corrected", [1.0, 2.0, 3.0], 14, [1, 2, 3, 8]),
+    ("official", [1.0001, 2.0002, 3.0003], 8, [1, 2, 2, 3]), ("official", [1.0001, 2.0002, 3.0003], 14, [1, 2, 4, 7])])
+def test_ccs_per_stratum_counts(variant, edges, budget, counts):
+    ccs = CCSSelector(score="el2n", hard_fraction=0.12, drop_highest=True, n_strata=4,  # floor(0.12 * 18) = 2 cut
+                      variant=variant)
     for seed in range(5):
         result = ccs.select(pool_of(el2n=CCS_SCORES), budget, seed=seed)
         picked = CCS_SCORES[result.indices]
         assert (picked < 100).all()  # the hard cutoff removed the two largest scores
-        assert np.bincount(np.floor(np.minimum(picked, 3.9)).astype(int), minlength=4).tolist() == counts
+        assert np.bincount(np.searchsorted(edges, picked, side="right"), minlength=4).tolist() == counts
         assert result.traces["per_stratum"] == counts
 
 
+def test_ccs_official_loses_the_top_of_negative_scores_to_the_stretched_edge_and_still_meets_the_budget():
+    s = np.array([-5.0, -4.0, -3.0, -2.0, -1.0])  # official top edge -1·1.0001 < -1: the maximum is in no stratum
+    pool = pool_of(el2n=s)
+    official = CCSSelector(score="el2n", hard_fraction=0.0, drop_highest=True, n_strata=2)
+    assert 4 not in official.select(pool, 3, seed=0).indices.tolist()
+    assert official.select(pool, 4, seed=0).indices.tolist() == [0, 1, 2, 3]
+    tied = official.select(pool_of(el2n=np.array([-5.0, -1.0, -1.0])), 2, seed=0)  # both maxima outside: top-up
+    assert len(tied.indices) == 2 and 0 in tied.indices.tolist() and tied.traces["per_stratum"] == [1, 0]
+    corrected = CCSSelector(score="el2n", hard_fraction=0.0, drop_highest=True, n_strata=2, variant="corrected")
+    assert any(4 in corrected.select(pool, 3, seed=seed).indices.tolist() for seed in range(10))
+
+
 def test_ccs_can_cut_the_lowest_end_and_is_seeded():
-    ccs = CCSSelector(score="el2n", hard_fraction=0.12, drop_highest=False, n_strata=4)
+    ccs = CCSSelector(score="el2n", hard_fraction=0.12, drop_highest=False, n_strata=4)  # official variant
     pool = pool_of(el2n=CCS_SCORES)
     result = ccs.select(pool, 8, seed=0)
     assert not {0, 1} & set(result.indices.tolist())  # 0.0 and 1.1 are the two lowest

@@ -156,8 +156,11 @@ def forward_density(indptr: np.ndarray, cols: np.ndarray, dists: np.ndarray, sco
 
 
 def reverse_message_passing(density: np.ndarray, indptr: np.ndarray, cols: np.ndarray, dists: np.ndarray,
-                            budget: int, gamma: float, sampling_mode: str) -> np.ndarray:
+                            budget: int, gamma: float, sampling_mode: str,
+                            return_density: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Greedy picks in order: u = argmax ρ, then ρ_j -= exp(-γ·d_uj)·ρ_u (or ρ_u) for the neighbours j of u.
+
+    With ``return_density``, also the final ρ (the reverse-passed scores; −inf at the picks).
 
     The official code re-marks picked nodes with ``min(ρ) − 1`` after every pick; marking them −inf yields the same
     sequence (they are never the argmax and their value is never read again) at O(deg) instead of O(N) per pick.
@@ -173,4 +176,4 @@ def reverse_message_passing(density: np.ndarray, indptr: np.ndarray, cols: np.nd
             rho[nbrs] -= rho[u]
         rho[u] = -np.inf
         order[t] = u
-    return order
+    return (order, rho) if return_density else order

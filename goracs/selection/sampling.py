@@ -25,10 +25,11 @@ def top_k(scores: np.ndarray, k: int, largest: bool = True) -> np.ndarray:
     return order[:k]
 
 
-def allocate_budget(strata_sizes: np.ndarray, m: int) -> np.ndarray:
+def allocate_budget(strata_sizes: np.ndarray, m: int, order: np.ndarray | None = None) -> np.ndarray:
     """Per-stratum budgets by CCS's water-filling (``bin_allocate``), in the input order.
 
-    Strata are visited by size, smallest first (ties: lower stratum index first); stratum i receives
+    Strata are visited by size, smallest first (ties: lower stratum index first, unless ``order`` gives the visiting
+    order: CCS's official ``torch.argsort``, see ``ccs.official_allocate``); stratum i receives
     ``b_i = min(size_i, remaining // strata_left)`` and ``remaining -= b_i``. Small strata are taken whole and the
     slack flows to the larger ones; the total is ``min(m, sum(sizes))``. Empty strata are skipped when counting
     ``strata_left`` (d2pruning's fix; identical to CCS because empty strata sort first and take 0).
@@ -40,7 +41,9 @@ def allocate_budget(strata_sizes: np.ndarray, m: int) -> np.ndarray:
         raise ValueError(f"budget must be >= 0, got {m}")
     budgets = np.zeros(len(sizes), dtype=np.int64)
     remaining = int(m)
-    order = np.argsort(sizes, kind="stable")
+    order = np.argsort(sizes, kind="stable") if order is None else np.asarray(order, dtype=np.int64)
+    if sorted(order.tolist()) != list(range(len(sizes))) or (np.diff(sizes[order]) < 0).any():
+        raise ValueError("allocate_budget: order must visit every stratum once, by non-decreasing size")
     nonempty_left = int((sizes > 0).sum())
     for s in order:
         if sizes[s] == 0:
