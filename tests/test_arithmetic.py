@@ -26,7 +26,7 @@ def _speed(speedup: float) -> Bf16Speed:
 def machine(monkeypatch, tmp_path):
     """A machine whose probe says ``speedup`` (set ``machine.speedup``); the per-machine cache under tmp_path and
     the process memo and once-only log cleared, so each test decides afresh."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("GORACS_CACHE_HOME", str(tmp_path / "xdg" / "goracs"))
     monkeypatch.setattr(arithmetic, "_LOGGED", set())
     monkeypatch.setattr(arithmetic, "_MEASURED", {})
 
@@ -61,7 +61,7 @@ def test_decision_is_logged_once_and_measured_once_per_machine(machine, caplog):
         for _ in range(3):
             resolve_dtype("auto")
     assert len(caplog.records) == 1 and machine.probes == 1
-    cached = list((Path(os.environ["XDG_CACHE_HOME"]) / "goracs").glob("bf16_speed-*.json"))
+    cached = list((Path(os.environ["GORACS_CACHE_HOME"])).glob("bf16_speed-*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["speedup"] == 1 / 40
     arithmetic._MEASURED.clear()  # a new process on the same machine reads the file, it does not measure again
     assert resolve_dtype("auto").dtype == "float32" and machine.probes == 1
@@ -105,7 +105,8 @@ def test_effective_dtype_is_in_the_cache_identity(machine, tmp_path):
     for speedup in (3.0, 1 / 30):
         machine.speedup = speedup
         arithmetic._MEASURED.clear()
-        (tmp_path / "xdg").exists() and [p.unlink() for p in (tmp_path / "xdg" / "goracs").glob("*.json")]
+        for cached in arithmetic.cache_home().glob("*.json"):  # another machine: its own measurement
+            cached.unlink()
         auto = SmolLM2Backbone(cache_dir=str(tmp_path), dtype="auto")
         keys[speedup] = auto.spec()
         explicit = SmolLM2Backbone(cache_dir=str(tmp_path), dtype=keys[speedup]["dtype"])
@@ -149,7 +150,7 @@ def test_probe_sees_the_emulated_bf16_path(tmp_path):
             "a = r('auto', device='cpu'); print(a.dtype, a.bf16_speedup)")
     chosen = {}
     for isa in (None, "AVX2"):
-        env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+        env = {**os.environ, "GORACS_CACHE_HOME": str(tmp_path / (isa or "native"))}
         env.pop("ONEDNN_MAX_CPU_ISA", None)
         if isa:
             env["ONEDNN_MAX_CPU_ISA"] = isa
@@ -157,3 +158,24 @@ def test_probe_sees_the_emulated_bf16_path(tmp_path):
         dtype, speedup = out.stdout.split()
         chosen[isa] = (dtype, float(speedup))
     assert chosen[None][0] == "bfloat16" and chosen["AVX2"][0] == "float32", chosen
+
+
+@pytest.mark.parametrize("speedup, resolved", [(3.0, "bfloat16"), (1 / 30, "float32")])
+def test_auto_job_has_the_key_of_the_dtype_it_resolves_to(machine, tmp_path, speedup, resolved):
+    """A sweep made with an explicit dtype (cpu_compare's bf16 jobs) resumes under auto on a machine where auto
+    means that dtype: the job's config key is taken after ``auto`` is resolved (goracs.run)."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose_run_config
+    from goracs.run_record import job_key
+
+    machine.speedup = speedup
+
+    def key(overrides):
+        cfg = compose_run_config(overrides, tmp_path / "job", tmp_path / "cache")
+        settle_dtypes(cfg.model.backbone, cfg.features)
+        return job_key(OmegaConf.to_container(cfg, resolve=True)), cfg.model.backbone.dtype
+
+    auto, explicit = key([]), key([f"model.backbone.dtype={resolved}"])
+    assert auto == explicit and auto[1] == resolved
+    assert key([f"model.backbone.dtype={'float32' if resolved == 'bfloat16' else 'bfloat16'}"])[0] != auto[0]

@@ -8,8 +8,8 @@ a torch build without the fast path, a VM hiding flags), so on a CPU :func:`reso
 products of the model, ``h @ Wᵀ`` (logits) and ``p @ W`` (the head's input gradient), in both dtypes on a slice of
 the vocabulary (:func:`measure_bf16_speedup`, 0.05-1 s), and picks bf16 only when it is at least
 ``BF16_MIN_SPEEDUP`` times faster. The measurement is cached per machine (CPU model and flags, torch version,
-thread count and the ISA environment variables) under ``$XDG_CACHE_HOME/goracs`` (default ``~/.cache/goracs``), so
-later runs decide in microseconds. On CUDA the answer is ``torch.cuda.is_bf16_supported()``.
+thread count and the ISA environment variables) under :func:`cache_home` (``$GORACS_CACHE_HOME``, else
+``$XDG_CACHE_HOME/goracs``, default ``~/.cache/goracs``), so later runs decide in microseconds. On CUDA the answer is ``torch.cuda.is_bf16_supported()``.
 
 An explicit ``bfloat16`` is honoured everywhere; on a CPU where the probe finds bf16 slower, it runs after one
 warning that says by how much. The effective dtype (never ``auto``) is what the backbones put in their ``spec()``,
@@ -114,7 +114,7 @@ def cpu_capability() -> str:
 
 
 def measure_bf16_speedup(hidden: int = PROBE_HIDDEN, vocab: int = PROBE_VOCAB, rows: int = PROBE_ROWS,
-                         repeats: int = 3) -> Bf16Speed:
+                         repeats: int = 5) -> Bf16Speed:
     """Time the LM head's two products, ``h @ Wᵀ`` ((rows, hidden) x (hidden, vocab)) and ``p @ W``
     ((rows, vocab) x (vocab, hidden)), in fp32 and bf16 on this CPU; the fastest of ``repeats`` runs each (the least
     disturbed by other processes), after one warm-up. bf16 stops early once it is clearly slower: on an AVX2 CPU one
@@ -178,7 +178,10 @@ def machine_key() -> str:
 
 
 def cache_home() -> Path:
-    """``$XDG_CACHE_HOME/goracs`` (default ``~/.cache/goracs``): per machine, not per checkout."""
+    """``$GORACS_CACHE_HOME``, else ``$XDG_CACHE_HOME/goracs`` (default ``~/.cache/goracs``): per machine, not per
+    checkout (``outputs/cache`` holds what depends on the checkout's data and models)."""
+    if os.environ.get("GORACS_CACHE_HOME"):
+        return Path(os.environ["GORACS_CACHE_HOME"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "goracs"
 
 
