@@ -60,6 +60,7 @@ def test_decision_is_logged_once_and_measured_once_per_machine(machine, caplog):
     with caplog.at_level(logging.INFO, logger="goracs.models.arithmetic"):
         for _ in range(3):
             resolve_dtype("auto")
+        resolve_dtype("float32")  # the backbone built from the job's config, where auto was replaced by its result
     assert len(caplog.records) == 1 and machine.probes == 1
     cached = list((Path(os.environ["GORACS_CACHE_HOME"])).glob("bf16_speed-*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["speedup"] == 1 / 40

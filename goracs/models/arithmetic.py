@@ -46,7 +46,7 @@ ISA_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL
 # The probe's shapes: SmolLM2's head (hidden 576, vocabulary 49,152) on a vocabulary slice, 16 token rows.
 PROBE_HIDDEN, PROBE_VOCAB, PROBE_ROWS = 576, 8192, 16
 
-_LOGGED: set[tuple] = set()  # (option, requested, chosen): each decision is logged once per process
+_LOGGED: set[tuple] = set()  # (option, chosen dtype): each decision is logged once per process
 _MEASURED: dict[str, "Bf16Speed"] = {}  # machine key -> measurement, for this process
 
 
@@ -87,7 +87,9 @@ def resolve_dtype(requested: str | None, *, option: str = "model.backbone.dtype"
         arith = _on_cuda(requested)
     else:
         arith = _on_cpu(requested)
-    key = (option, requested, arith.dtype)
+    # Keyed by the outcome: goracs-run writes the resolved dtype back into the config, and the backbone built from it
+    # resolves again (explicitly, now); that is the same decision, not a second one to log.
+    key = (option, arith.dtype)
     if key not in _LOGGED:
         _LOGGED.add(key)
         if requested == "bfloat16" and arith.bf16_speedup is not None and arith.bf16_speedup < 1 / BF16_MIN_SPEEDUP:
