@@ -138,7 +138,8 @@ def main() -> None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| stage | dtype | tokens | stage tok/s | floor tok/s | **stage / floor** | stage s | CPU s | load | note |",
+    lines = ["| stage | dtype | tokens | stage tok/s | floor tok/s | **stage / floor** | stage s | CPU s | load "
+             "| note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['stage']} | {r['dtype']} | {r['tokens']:,} | {r['stage_tok_s']:,.0f} | "

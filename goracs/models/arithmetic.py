@@ -9,7 +9,8 @@ products of the model, ``h @ Wᵀ`` (logits) and ``p @ W`` (the head's input gra
 the vocabulary (:func:`measure_bf16_speedup`, 0.05-1 s), and picks bf16 only when it is at least
 ``BF16_MIN_SPEEDUP`` times faster. The measurement is cached per machine (CPU model and flags, torch version,
 thread count and the ISA environment variables) under :func:`cache_home` (``$GORACS_CACHE_HOME``, else
-``$XDG_CACHE_HOME/goracs``, default ``~/.cache/goracs``), so later runs decide in microseconds. On CUDA the answer is ``torch.cuda.is_bf16_supported()``.
+``$XDG_CACHE_HOME/goracs``, default ``~/.cache/goracs``), so later runs decide in microseconds. On CUDA the answer
+is ``torch.cuda.is_bf16_supported()``.
 
 An explicit ``bfloat16`` is honoured everywhere; on a CPU where the probe finds bf16 slower, it runs after one
 warning that says by how much. The effective dtype (never ``auto``) is what the backbones put in their ``spec()``,
