@@ -29,6 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MAKE = ROOT.parent / "shared" / "bench" / "make_bench_features.py"
 PINNED = {"train_emb": "d74f8f85ef9b9c33", "valid_emb": "964b570e006b801b", "grad_norm": "2fc815c5d4b4d022"}
 ANCHOR = "official ITRA (anchor, README): greedy 78.1 s, refine 808 s, total 887 s, POO 0.157714 -> 0.153000, 44/5460"
+# Recorded official figures (not re-measured here): shape (a) from ../shared/bench/README.md; the notebook shape
+# (15k x 5k x 768, lambda 0.5, n 1000, 10 exchanges) as quoted by issue 24's brief.
+OFFICIAL = {"shape (a)": dict(time_s=887.0, poo_final=0.153000, accepted=44, emds=5460),
+            "notebook": dict(time_s=316.0, poo_final=0.2926)}
+TARGETS = {"shape (a)": 100.0, "notebook": 30.0, "goracs_ot_s": 60.0, "paper_s": 60.0}
 log = logging.getLogger("bench_goracs")
 
 
@@ -40,11 +45,13 @@ def main() -> None:
         return
     rows = []
     configs = []
-    if args.fill:
+    if args.targets:
+        configs = _target_configs(args)
+    elif args.fill:
         configs = _fill_configs(args)
     elif not args.paper_only:
         configs = _shape_a_configs(args)
-    if (args.paper or args.paper_only) and not args.fill:
+    if (args.paper or args.paper_only) and not (args.fill or args.targets):
         data = _inputs(n_train=140000, n_valid=5000, dim=768, check=False)
         configs.append(dict(data=str(data), name="paper shape (Games)", budget=1024, lam=0.1, cut_num=30,
                             threads=args.threads,
@@ -63,6 +70,8 @@ def main() -> None:
             Path(args.out).write_text(json.dumps(kept + rows, indent=1))
     print(_table(rows))
     print(ANCHOR)
+    if args.targets:
+        print(_target_summary(kept + rows))
 
 
 def _shape_a_configs(args) -> list[dict]:
@@ -82,6 +91,73 @@ def _shape_a_configs(args) -> list[dict]:
         data = _inputs(n_train=n_train, n_valid=2000, dim=384, check=False)
         configs.append(dict(common, data=str(data), name=f"greedy scale N={n_train}", refine=False))
     return configs
+
+
+def _target_configs(args) -> list[dict]:
+    """Issue 24's targets, each in its own child: shape (a) official (duals=emd: the official trajectory), the
+    notebook shape in official mode (duals=warm), ``selection=goracs_ot`` at the notebook shape, and with
+    ``--paper`` the Games shape (corrected pruning, pairs by bound, duals=warm, as ``goracs_corrected``)."""
+    data_a = _inputs(n_train=20000, n_valid=2000, dim=384, check=True)
+    data_nb = _inputs(n_train=15000, n_valid=5000, dim=768, check=False)
+    goracs_ot = _composed("goracs_ot")
+    t = args.threads
+    configs = [
+        dict(data=str(data_a), name="target shape (a): official, duals=emd", budget=500, lam=0.1, cut_num=30,
+             max_iters=50, pruning="official", duals="emd", threads=t, trace=True),
+        dict(data=str(data_nb), name="target notebook: official, duals=warm", budget=1000, lam=0.5, cut_num=30,
+             max_iters=10, pruning="official", duals="warm", threads=t),
+        dict(goracs_ot, data=str(data_nb), name="target notebook: selection=goracs_ot", budget=1000, lam=0.5,
+             cut_num=30, max_iters=10, threads=t),
+    ]
+    if args.paper:
+        configs.append(dict(data=str(_inputs(n_train=140000, n_valid=5000, dim=768, check=False)),
+                            name="target paper (Games): goracs_corrected", budget=1024, lam=0.1, cut_num=30,
+                            max_iters=100, threads=t, **_composed("goracs_corrected")))
+    return configs
+
+
+def _composed(name: str) -> dict:
+    """The refinement keys of ``conf/selection/<name>.yaml`` as Hydra composes it (so the bench runs that config)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose(config_name="config", overrides=[f"selection={name}"]).selection
+    keys = ("pruning", "pair_order", "duals", "greedy_fill", "screen", "solver", "refine")
+    return {k: cfg[k] for k in keys if k in cfg}
+
+
+def _target_summary(rows: list[dict]) -> str:
+    """The ratios against the recorded official figures and the two time limits, each with its target."""
+    out = ["targets (official figures are the recorded ones, not re-measured in this run):"]
+    by = {r["name"]: r for r in rows}
+
+    def line(name, text):
+        r = by.get(name)
+        if r is None or "error" in r:
+            out.append(f"  {name}: not measured ({r.get('error') if r else 'not run'})")
+        else:
+            out.append(f"  {name}: {text(r)}")
+
+    a, nb = OFFICIAL["shape (a)"], OFFICIAL["notebook"]
+    line("target shape (a): official, duals=emd", lambda r: (
+        f"{a['time_s'] / r['time_s']:.0f}x wall ({a['time_s'] / r['cpu_s']:.0f}x by CPU s) vs official {a['time_s']:.0f} s "
+        f"[target >= {TARGETS['shape (a)']:.0f}x: {'met' if a['time_s'] / r['time_s'] >= TARGETS['shape (a)'] else 'NOT met'}]; "
+        f"POO {r['poo_final']:.6f} (official {a['poo_final']:.6f}), accepted {r['exchanges_accepted']} "
+        f"(official {a['accepted']}), tried+screened {r['exchanges_tried'] + r['exchanges_screened']} "
+        f"(official EMDs {a['emds']})"))
+    line("target notebook: official, duals=warm", lambda r: (
+        f"{nb['time_s'] / r['time_s']:.0f}x wall ({nb['time_s'] / r['cpu_s']:.0f}x by CPU s) vs official "
+        f"{nb['time_s']:.0f} s [target >= {TARGETS['notebook']:.0f}x: "
+        f"{'met' if nb['time_s'] / r['time_s'] >= TARGETS['notebook'] else 'NOT met'}]; POO {r['poo_final']:.4f} "
+        f"(official {nb['poo_final']}: {'<=' if r['poo_final'] <= nb['poo_final'] else '>'})"))
+    line("target notebook: selection=goracs_ot", lambda r: (
+        f"{r['time_s']:.1f} s wall, {r['cpu_s']:.1f} CPU s, {r['exchanges_accepted']} exchanges, POO {r['poo_final']:.4f} "
+        f"[target <= {TARGETS['goracs_ot_s']:.0f} s: {'met' if r['time_s'] <= TARGETS['goracs_ot_s'] else 'NOT met'}]"))
+    line("target paper (Games): goracs_corrected", lambda r: (
+        f"{r['time_s']:.1f} s wall, {r['cpu_s']:.1f} CPU s, {r['exchanges_accepted']} exchanges, peak RSS "
+        f"{r['peak_rss_gib']:.2f} GiB [target <= {TARGETS['paper_s']:.0f} s: "
+        f"{'met' if r['time_s'] <= TARGETS['paper_s'] else 'NOT met'}]"))
+    return "\n".join(out)
 
 
 def _fill_configs(args) -> list[dict]:
@@ -124,6 +200,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--paper-only", action="store_true", help="only the paper's Games shape")
     p.add_argument("--paper-pruning", default="corrected", choices=["official", "corrected"])
     p.add_argument("--fill", action="store_true", help="greedy_fill=index vs ot study (see _fill_configs)")
+    p.add_argument("--targets", action="store_true", help="issue 24's targets and their ratios (add --paper for Games)")
     p.add_argument("--real", help="with --fill: folder with a real pool's train_emb/valid_emb/grad_norm .npy + budget.txt")
     p.add_argument("--noscreen-iters", type=int, default=3, help="accepted swaps for the no-screening timing row")
     p.add_argument("--threads", type=int, default=0,
@@ -192,7 +269,7 @@ def _run_one(cfg: dict) -> dict:
         row["identical_picks"] = lazy == dense
         row["speedup"] = row["dense_greedy_s"] / row["lazy_greedy_s"]
         del cost
-    keys = ("lam", "max_iters", "cut_num", "pruning", "screen", "pair_order", "solver", "refine", "greedy_fill")
+    keys = ("lam", "max_iters", "cut_num", "pruning", "screen", "pair_order", "solver", "refine", "greedy_fill", "duals")
     sel = GoracsSelector(**{k: cfg[k] for k in keys if k in cfg})
     pool = Pool(size=len(x), features=ArrayFeatures(train={"text_emb": x, "grad_norm": g}, valid={"text_emb": y}))
     cpu0 = time.process_time()
@@ -201,7 +278,10 @@ def _run_one(cfg: dict) -> dict:
     row.update({k: res.stats.get(k) for k in ("time_s", "time_greedy_s", "time_refine_s", "poo_greedy", "poo_final",
                                                 "greedy_saturated_at", "time_fill_s",
                                                 "exchanges_accepted", "exchanges_tried", "exchanges_screened",
-                                                "time_prune_s", "time_solve_s")})
+                                                "time_prune_s", "time_solve_s", "exchanges_abandoned",
+                                                "fresh_emds", "time_fresh_emd_s")})
+    if cfg.get("trace"):
+        row["poo_trace"] = [round(v, 9) for v in res.traces["poo_trace"]]
     row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return row
 

@@ -185,5 +185,7 @@ def test_greedy_stops_at_saturation_and_the_fill_reports_its_poo():
     t = torch.from_numpy(cost)
     prefix = greedy_init(t, 7, chunk_size=5, stop_when_saturated=True)
     assert prefix == prefix_of(cost, 7) and len(prefix) < 7
-    rows, value = ot_fill(t, prefix, 7, chunk_size=5)
-    assert value == pytest.approx(poo(cost, rows), abs=1e-12)
+    rows, state = ot_fill(t, prefix, 7, chunk_size=5)
+    # the re-optimised plan of the filled subset is optimal: its value is a fresh EMD's, its slots are the rows
+    assert state.value == pytest.approx(poo(cost, rows), abs=1e-9)
+    assert np.array_equal(state.cost_rows[: len(rows)], cost[rows]) and state.supply[-1] == 0

@@ -117,3 +117,50 @@ def test_config_is_airtight_and_instantiates():
     assert isinstance(sel, GoracsSelector) and sel.lam == cfg.lam and sel.pruning == "official"
     for line in CONF.read_text().splitlines()[2:]:
         assert "#" in line, f"every key needs a comment: {line!r}"
+
+
+def _arrays_pool(x, y, g):
+    return Pool(size=len(x), features=ArrayFeatures(train={"text_emb": x, "grad_norm": g}, valid={"text_emb": y}))
+
+
+@pytest.mark.parametrize("where", ["train", "valid", "grad"])
+def test_non_finite_features_are_one_clear_error(where):
+    rng = np.random.default_rng(1)
+    x, y, g = rng.normal(size=(40, 4)), rng.normal(size=(12, 4)), rng.uniform(0.1, 1, 40)
+    {"train": x, "valid": y, "grad": g[:, None]}[where][2, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN/inf"):
+        GoracsSelector(max_iters=3, cut_num=3).select(_arrays_pool(x, y, g), 5, seed=0)
+
+
+def test_zero_variance_cost_is_a_clear_error():
+    """Identical embeddings and a flat gradient norm: every cost entry ties, the min-max map is undefined."""
+    x, y = np.ones((30, 4), np.float32), np.zeros((10, 4), np.float32)
+    with pytest.raises(ValueError, match="cost matrix is constant"):
+        GoracsSelector(max_iters=3, cut_num=3).select(_arrays_pool(x, y, np.ones(30)), 5, seed=0)
+
+
+@pytest.mark.parametrize("budget, match", [(0, "positive number"), (-3, "positive number"), (2.5, "integer")])
+def test_infeasible_budgets_are_one_clear_error(budget, match):
+    with pytest.raises(ValueError, match=match):
+        GoracsSelector(max_iters=3, cut_num=3).select(_pool(), budget, seed=0)
+
+
+@pytest.mark.parametrize("config", [dict(), dict(pruning="corrected", pair_order="bound", duals="warm",
+                                                greedy_fill="ot")])
+def test_degenerate_pool_terminates_with_an_exact_poo(config):
+    """Duplicate rows and validation points tied to them (a saturated, highly degenerate transport) finish, and the
+    reported POO is a fresh EMD's."""
+    import ot
+
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(6, 3)).astype(np.float32)
+    x = np.repeat(base, 8, axis=0)  # 48 rows, 6 distinct
+    y = np.repeat(base[:3], 5, axis=0)  # 15 columns on 3 of them
+    res = GoracsSelector(lam=0.0, max_iters=5, cut_num=4, **config).select(_arrays_pool(x, y, np.ones(48)), 10,
+                                                                          seed=0)
+    assert len(set(res.indices.tolist())) == 10
+    d = np.linalg.norm(x[res.indices][:, None] - y[None], axis=2)
+    c = d / np.linalg.norm(x[:, None] - y[None], axis=2).max()
+    full = np.linalg.norm(x[:, None] - y[None], axis=2) / np.linalg.norm(x[:, None] - y[None], axis=2).max()
+    c = (c - full.min()) / (full.max() - full.min())
+    assert res.stats["poo_final"] == pytest.approx(ot.emd2(np.full(10, 0.1), np.full(15, 1 / 15), c), abs=1e-6)

@@ -45,7 +45,8 @@ import numpy as np
 import ot
 import torch
 
-from goracs.selection.goracs.ot import EMD_MAX_ITERS, ExactOT, rows_of
+from goracs.selection.goracs.ot import EMD_MAX_ITERS, rows_of
+from goracs.selection.goracs.warm import TransportState
 from goracs.selection.goracs.pruning import dual_gain
 
 log = logging.getLogger(__name__)
@@ -54,36 +55,70 @@ FILLS = ("index", "ot")
 BATCH_DIVISOR = 2  # each batch inserts ceil(remaining / BATCH_DIVISOR) rows before the exact re-solve
 
 
-def ot_fill(cost: torch.Tensor, prefix: list[int], budget: int, *, chunk_size: int) -> tuple[list[int], float]:
+def ot_fill(cost: torch.Tensor, prefix: list[int], budget: int, *,
+            chunk_size: int) -> tuple[list[int], TransportState]:
     """``prefix`` (the saturated greedy picks) extended to ``budget`` rows chosen for the POO (module docstring), and
-    that subset's POO."""
-    n_rows = cost.shape[0]
+    the optimal plan of that subset (slot k = row k of the list; one unused extra slot at the end).
+
+    One fresh network simplex (the prefix's bound); every later solve is re-optimised from the previous optimum
+    (:meth:`~goracs.selection.goracs.warm.TransportState.reoptimise`): the batch's rows join with ``A`` units each,
+    the extra row gives ``A`` back per row and, where the cheapest outside cost ``d`` rose, its flow is re-routed.
+    """
+    n_rows, m = cost.shape
     if not len(prefix) < budget <= n_rows:
         raise ValueError(f"ot_fill needs len(prefix) < budget <= pool size, got {len(prefix)}, {budget}, {n_rows}")
     rows = list(prefix)
     in_s = np.zeros(n_rows, dtype=bool)
     in_s[rows] = True
     index = rows + np.flatnonzero(~in_s)[: budget - len(rows)].tolist()  # what greedy_fill=index picks
-    solves = 0
+    g = math.gcd(budget, m)
+    a_units, b_units = m // g, budget // g
+    extra = budget  # slot of the extra row
+    table = np.zeros((budget + 1, m), dtype=np.float32)
+    table[: len(rows)] = _host(cost, rows)
+    table[extra] = _outside_min(cost, in_s, chunk_size).cpu().numpy()
+    state = TransportState.solve(table, _supplies(len(rows), budget, a_units), b_units)
+    start_state = state.copy()  # the prefix's bound, for the index fill below
+    batches = 0
     while len(rows) < budget:
-        v = completion_bound(rows_of(cost, rows), _outside_min(cost, in_s, chunk_size), budget)[1]
-        solves += 1
+        v_bar = state.v + state.u[extra]
         batch = math.ceil((budget - len(rows)) / BATCH_DIVISOR)
-        for o in _insert_batch(cost, v, np.flatnonzero(~in_s), batch, budget, chunk_size):
-            rows.append(o)
-            in_s[o] = True
-    exact = ExactOT()
-    poo_ot, poo_index = exact.solve(rows_of(cost, rows))[0], exact.solve(rows_of(cost, index))[0]
-    log.info("greedy saturated after %d picks: OT fill of %d rows (%d bound solves), POO %.6f (index fill "
-             "%.6f)", len(prefix), budget - len(prefix), solves, poo_ot, poo_index)
+        new = _insert_batch(cost, v_bar, np.flatnonzero(~in_s), batch, budget, chunk_size)
+        changes = dict(zip(range(len(rows), len(rows) + len(new)), _host(cost, new)))
+        rows += new
+        in_s[new] = True
+        if len(rows) < budget:  # d only rises as rows leave the outside set; at the budget the extra row is empty
+            changes[extra] = np.maximum(state.cost_rows[extra], _outside_min(cost, in_s, chunk_size).cpu().numpy())
+        state.reoptimise(_supplies(len(rows), budget, a_units), changes)
+        batches += 1
+    poo_ot = state.value
+    index_state = start_state
+    index_state.reoptimise(_supplies(budget, budget, a_units),
+                           dict(zip(range(len(prefix), budget), _host(cost, index[len(prefix):]))))
+    poo_index = index_state.value
+    log.info("greedy saturated after %d picks: OT fill of %d rows (%d re-optimised batches), POO %.6f (index fill "
+             "%.6f)", len(prefix), budget - len(prefix), batches, poo_ot, poo_index)
     if poo_index < poo_ot:
         log.info("the index fill has the lower POO here; keeping it")
-        return index, poo_index
-    return rows, poo_ot
+        return index, index_state
+    return rows, state
+
+
+def _supplies(filled: int, budget: int, a_units: int) -> np.ndarray:
+    """Units per slot: ``A`` for the ``filled`` rows, 0 for the empty slots, the rest on the extra (last) slot."""
+    out = np.zeros(budget + 1, dtype=np.int64)
+    out[:filled] = a_units
+    out[budget] = (budget - filled) * a_units
+    return out
+
+
+def _host(cost: torch.Tensor, ids: list[int]) -> np.ndarray:
+    return np.ascontiguousarray(rows_of(cost, ids).cpu().numpy())
 
 
 def completion_bound(cost_s: torch.Tensor, outside_min: torch.Tensor, budget: int) -> tuple[float, np.ndarray]:
-    """``(L(S), v̄)`` for the (s, M) cost rows of S and ``d = outside_min`` (M,): see the module docstring."""
+    """``(L(S), v̄)`` for the (s, M) cost rows of S and ``d = outside_min`` (M,) by a fresh EMD (module docstring;
+    :func:`ot_fill` re-optimises the same problem instead)."""
     s, m = cost_s.shape
     rows = cost_s.detach().to("cpu", torch.float64).numpy()
     spare = 1.0 - s / budget

@@ -21,14 +21,20 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 import torch
 
 
 def prune_candidates(
-    cost: torch.Tensor, rows: list[int], duals: np.ndarray, *, cut_num: int, mode: str, chunk_size: int
+    cost: torch.Tensor, rows: list[int], duals: np.ndarray, *, cut_num: int, mode: str, chunk_size: int,
+    cache: dict | None = None,
 ) -> tuple[list[int], list[int]]:
-    """(inner, outer) candidate row ids in the order the pairs are tried."""
+    """(inner, outer) candidate row ids in the order the pairs are tried.
+
+    ``cache`` (a dict kept by the caller across rounds; corrected mode): the row minima of ``C - v`` from an earlier
+    round, which stay lower bounds when ``v`` has not risen (see :func:`_corrected_outer`).
+    """
     n_rows, n_cols = cost.shape
     n = len(rows)
     r = math.ceil(n_cols / n)
@@ -41,13 +47,12 @@ def prune_candidates(
     if mode == "official":
         shifted = (cost_s.double() - u).float()  # float32 C.sub_(u) with a float64 u
         v = shifted.min(dim=0).values
-        scores = _official_scores(cost, v, r, n, chunk_size).cpu().numpy()
-        outer = outside[np.argsort(scores[outside], kind="stable")[:cut_num]]
+        outer = _official_outer(cost, v, outside, r, n, cut_num, chunk_size)
         # The official code restores S rows with C.add_(u) after rounding: F on S uses those rows.
         inner_scores = _official_scores((shifted.double() + u).float(), v, r, n, chunk_size)
     elif mode == "corrected":
         v = (cost_s.double() - u).min(dim=0).values
-        outer = _corrected_outer(cost, v.float().unsqueeze(0), outside, r, n, cut_num, chunk_size)
+        outer = _corrected_outer(cost, v.float().unsqueeze(0), outside, r, n, cut_num, chunk_size, cache)
         f_s = removal_potentials(cost_s, u.squeeze(1), torch.arange(n, device=cost.device))
         inner_scores = _corrected_scores(cost_s.double(), f_s, r, n, chunk_size)
     else:
@@ -56,8 +61,56 @@ def prune_candidates(
     return inner.tolist(), outer.tolist()
 
 
+OFFICIAL_MARGIN = 1e-4  # >> twice the float32 error of F (~1e-6): rows beyond it cannot enter the official top list
+
+
+def _official_outer(cost: torch.Tensor, v: torch.Tensor, outside: np.ndarray, r: int, n: int, cut_num: int,
+                    chunk_size: int) -> np.ndarray:
+    """The ``cut_num`` rows of ``outside`` with the smallest official float32 F, in the official order.
+
+    On the CPU one fused numba pass gives every row's F in float64 (a top-R and a row sum: ``Σ_j min(z_j - ŷ, 0) =
+    Σ_j z_j - M ŷ - Σ_{R largest} (z - ŷ)``); only rows within :data:`OFFICIAL_MARGIN` of the ``cut_num``-th value
+    are then scored by the official float32 formula and ranked, which is the ranking of all rows by that formula.
+    """
+    if cost.device.type != "cpu" or len(outside) <= cut_num:
+        scores = _official_scores(cost, v, r, n, chunk_size).cpu().numpy()
+        return outside[np.argsort(scores[outside], kind="stable")[:cut_num]]
+    approx = official_f64(cost.numpy(), v.numpy(), r, n)[outside]
+    cut = np.partition(approx, cut_num - 1)[cut_num - 1]
+    candidates = outside[approx <= cut + OFFICIAL_MARGIN]
+    index = torch.as_tensor(candidates, dtype=torch.long)
+    scores = _official_scores(cost[index], v, r, n, chunk_size).cpu().numpy()
+    return candidates[np.argsort(scores, kind="stable")[:cut_num]]
+
+
+@numba.njit(parallel=True, cache=True)
+def official_f64(cost, v, r, n):
+    """Official F per row in float64 from float32 ``z = C - v``: ŷ the R-th largest z, ``mean(min(z - ŷ, 0)) + ŷ/n``."""
+    rows, cols = cost.shape
+    out = np.empty(rows)
+    block = 256
+    for b in numba.prange((rows + block - 1) // block):
+        top = np.empty(r)  # the r largest so far, ascending (top[0] is the r-th largest)
+        for k in range(b * block, min(rows, (b + 1) * block)):
+            top[:] = -np.inf
+            total = 0.0
+            for j in range(cols):
+                z = np.float64(cost[k, j] - v[j])
+                total += z
+                if z > top[0]:
+                    q = 0
+                    while q + 1 < r and top[q + 1] < z:
+                        top[q] = top[q + 1]
+                        q += 1
+                    top[q] = z
+            y = top[0]
+            out[k] = (total - cols * y - (top.sum() - r * y)) / cols + y / n
+    return out
+
+
 def _corrected_outer(
-    cost: torch.Tensor, v: torch.Tensor, outside: np.ndarray, r: int, n: int, cut_num: int, chunk_size: int
+    cost: torch.Tensor, v: torch.Tensor, outside: np.ndarray, r: int, n: int, cut_num: int, chunk_size: int,
+    cache: dict | None = None,
 ) -> np.ndarray:
     """The ``cut_num`` rows of ``outside`` with the smallest corrected F (ties to the lowest id), without F on all.
 
@@ -66,16 +119,33 @@ def _corrected_outer(
     ``cut_num``-th smallest value ``T`` bounds the answer's, and only rows with ``min z_k / n <= T`` can belong to it:
     those are scored exactly and ranked. Same answer as ranking F on every row (on the paper's Games shape about 200
     of 139k rows are scored; a min pass is ~7x cheaper than the top-k pass it replaces).
+
+    With a ``cache``, the min pass itself is skipped while it can be: ``min_j (C_kj - v_j) >= min_j (C_kj - v'_j) -
+    max_j (v_j - v'_j)^+`` for the ``v'`` of the cached pass (re-optimised duals only lower ``v``, so the shift is
+    usually 0). The pass is redone when the stale bounds leave more than :data:`CACHE_MAX_CANDIDATES` rows to score.
     """
     if len(outside) <= cut_num:
         return outside[np.argsort(_scores_of(cost, outside, v, r, n, chunk_size), kind="stable")]
-    lower = _row_min(cost, v, chunk_size).double().cpu().numpy()[outside] / n
-    probe = outside[np.argpartition(lower, 4 * cut_num)[: 4 * cut_num]] if len(outside) > 4 * cut_num else outside
-    threshold = np.partition(_scores_of(cost, probe, v, r, n, chunk_size), cut_num - 1)[cut_num - 1]
-    # F is a float64 sum of float32 differences: allow its rounding (~1e-15) so no tied row is dropped.
-    candidates = outside[lower <= threshold + 1e-12 * max(1.0, abs(threshold))]
+    for fresh in (False, True):
+        if cache is None or fresh or "row_min" not in cache:
+            row_min = _row_min(cost, v, chunk_size).double().cpu().numpy()
+            if cache is not None:
+                cache.update(row_min=row_min, v=v.clone())
+            lower = row_min[outside] / n
+        else:  # stale minima, lowered by how far v rose since, minus float32 rounding slack
+            rise = max(0.0, float((v - cache["v"]).max()))
+            lower = (cache["row_min"][outside] - rise - 1e-6) / n
+        probe = outside[np.argpartition(lower, 4 * cut_num)[: 4 * cut_num]] if len(outside) > 4 * cut_num else outside
+        threshold = np.partition(_scores_of(cost, probe, v, r, n, chunk_size), cut_num - 1)[cut_num - 1]
+        # F is a float64 sum of float32 differences: allow its rounding (~1e-15) so no tied row is dropped.
+        candidates = outside[lower <= threshold + 1e-12 * max(1.0, abs(threshold))]
+        if fresh or cache is None or len(candidates) <= CACHE_MAX_CANDIDATES:
+            break
     scores = _scores_of(cost, candidates, v, r, n, chunk_size)
     return candidates[np.argsort(scores, kind="stable")[:cut_num]]
+
+
+CACHE_MAX_CANDIDATES = 2000  # beyond this many rows to score exactly, a fresh min pass is cheaper
 
 
 def _scores_of(cost: torch.Tensor, ids: np.ndarray, v: torch.Tensor, r: int, n: int, chunk_size: int) -> np.ndarray:

@@ -19,6 +19,7 @@ from goracs.selection.goracs.greedy import greedy_init, saturation_point
 from goracs.selection.goracs.label_enhanced import select_by_class
 from goracs.selection.goracs.ot import ExactOT, make_solver
 from goracs.selection.goracs.refine import refine as refine_subset
+from goracs.selection.goracs.warm import TransportState
 from goracs.selection.pool import Pool, SelectionResult, check_budget, whole_pool
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class GoracsSelector:
         pruning: str = "official",
         screen: bool = True,
         pair_order: str = "product",
+        duals: str = "emd",
         init: str = "greedy",
         greedy_fill: str = "index",
         refine: bool = True,
@@ -57,6 +59,7 @@ class GoracsSelector:
                                  f"integer, got {value!r}")
         _check_choice("pruning", pruning, ("official", "corrected"))
         _check_choice("pair_order", pair_order, ("product", "bound"))
+        _check_choice("duals", duals, ("emd", "warm"))
         _check_choice("init", init, ("greedy", "random"))
         _check_choice("greedy_fill", greedy_fill, FILLS)
         _check_choice("label_enhanced", str(label_enhanced).lower(), ("auto", "true", "false"))
@@ -65,7 +68,7 @@ class GoracsSelector:
         if pair_order == "bound" and not self.solver.exact:
             raise ValueError("selection.pair_order=bound needs solver=exact (Sinkhorn potentials give no bound)")
         self.lam, self.max_iters, self.cut_num = float(lam), int(max_iters), int(cut_num)
-        self.pruning, self.screen, self.pair_order = pruning, bool(screen), pair_order
+        self.pruning, self.screen, self.pair_order, self.duals = pruning, bool(screen), pair_order, duals
         self.init, self.greedy_fill, self.refine = init, greedy_fill, bool(refine)
         self.dist_feature, self.grad_feature = dist_feature, grad_feature
         self.normalize_dist, self.ctr_normalize_dist = bool(normalize_dist), bool(ctr_normalize_dist)
@@ -125,20 +128,25 @@ class GoracsSelector:
         t0 = time.perf_counter()
         cost = build_cost(train, valid, grad_hat, self.lam, normalize_dist=normalize_dist,
                           chunk_size=self.chunk_size).values
-        poo_init = saturated = None
+        poo_init = saturated = init_state = None
         fill_s = 0.0
         if self.init == "greedy":
             rows = greedy_init(cost, n, chunk_size=self.chunk_size, stop_when_saturated=self.greedy_fill == "ot")
             if len(rows) < n:  # saturated prefix: greedy_fill=ot chooses the rest
                 saturated, t_fill = len(rows), time.perf_counter()
-                rows, poo_init = ot_fill(cost, rows, n, chunk_size=self.chunk_size)
+                rows, init_state = ot_fill(cost, rows, n, chunk_size=self.chunk_size)
+                poo_init = init_state.value
                 fill_s = time.perf_counter() - t_fill
             else:  # picks after which every greedy gain was 0 (None: never, and greedy_fill changes nothing)
                 saturated = saturation_point(cost, rows, self.chunk_size)
         else:
             rows = rng.choice(cost.shape[0], size=n, replace=False).tolist()
         exact = ExactOT()
-        if poo_init is None:
+        state = None
+        if self.solver.exact:  # the one fresh network simplex; every later OT is re-optimised from it (warm.py)
+            state = init_state if init_state is not None else TransportState.uniform(_host(cost, rows))
+            poo_init = state.value
+        elif poo_init is None:
             poo_init = exact.solve(cost[torch.as_tensor(rows, device=cost.device)])[0]
         t1 = time.perf_counter()
         stats = {"poo_greedy": poo_init, "time_greedy_s": t1 - t0, "exchanges_accepted": 0, "exchanges_tried": 0,
@@ -148,16 +156,27 @@ class GoracsSelector:
         if self.refine and self.max_iters > 0:
             out = refine_subset(cost, rows, self.solver, max_iters=self.max_iters, cut_num=self.cut_num,
                                 pruning=self.pruning, screen=self.screen, pair_order=self.pair_order,
-                                chunk_size=self.chunk_size)
+                                chunk_size=self.chunk_size, duals=self.duals, state=state)
             rows = out.selected
             traces["poo_trace"] = out.trace
             stats.update(exchanges_accepted=out.accepted, exchanges_tried=out.tried, exchanges_screened=out.screened,
                          pass_at_1=out.first_try / max(out.accepted, 1), time_prune_s=out.time_prune_s,
-                         time_solve_s=out.time_solve_s)
-        poo_final = exact.solve(cost[torch.as_tensor(rows, device=cost.device)])[0] if self.refine else poo_init
+                         time_solve_s=out.time_solve_s, exchanges_abandoned=out.abandoned,
+                         fresh_emds=out.fresh_solves, time_fresh_emd_s=out.time_fresh_s)
+        if not (self.refine and self.max_iters > 0):
+            poo_final = poo_init
+        elif self.solver.exact:
+            poo_final = traces["poo_trace"][-1]  # exact: the re-optimised optimum (tests: equal to a fresh EMD)
+        else:  # entropic acceptance: report the exact POO of the result
+            poo_final = exact.solve(cost[torch.as_tensor(rows, device=cost.device)])[0]
         stats.update(poo_final=poo_final, time_refine_s=time.perf_counter() - t1)
         log.info("GORACS POO trace: %s", " ".join(f"{v:.6f}" for v in traces["poo_trace"]))
         return np.asarray(rows, dtype=np.int64), stats, traces
+
+
+def _host(cost: torch.Tensor, rows: list[int]) -> np.ndarray:
+    """The subset's (n, M) float32 cost rows on the host (the exact OT runs on the CPU)."""
+    return np.ascontiguousarray(cost[torch.as_tensor(rows, device=cost.device)].cpu().numpy())
 
 
 def _check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
