@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml
 demo: install           ## the embedded default: SmolLM2 + LoRA on ML-100K, GORACS budget 64, CPU, W&B offline
 	$(VENV)/bin/goracs-run
 
+# One pytest-xdist worker per core (each with one math thread, tests/conftest.py); TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= auto
 test: install            ## the default suite (excludes slow and gpu tests)
-	WANDB_MODE=disabled $(PY) -m pytest
+	WANDB_MODE=disabled $(PY) -m pytest -n $(TEST_WORKERS)
 
 test-slow: install       ## the slow tests (real SmolLM2 runs, multirun sweeps)
 	WANDB_MODE=disabled $(PY) -m pytest -m slow

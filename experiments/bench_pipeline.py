@@ -19,9 +19,16 @@ stage leaves unused (≥ 1 means the stage beats the plain forward, e.g. by avoi
 | generation | ``grounding.generate`` (HF beam search) | prefill + the same number of cached one-token steps, greedy |
 | title_emb | ``embed_texts`` over catalogue titles (adapter off) | no-grad forward, adapter off, 1 logit row |
 
-    python experiments/bench_pipeline.py                      # all stages, SmolLM2, CPU (about 6 min on 2 cores)
-    python experiments/bench_pipeline.py --stages gradients,train_step --n-train 32
+Each stage runs in every dtype of ``--dtypes`` (default bfloat16 and float32, the backbone loaded in each in turn),
+so the table shows on the machine it runs on what bf16 buys or costs per stage, and the line above it says which
+dtype ``model.backbone.dtype=auto`` chose here and why (``goracs.models.arithmetic``). Every row also records the
+process CPU time and the load average, since wall times on a shared machine are only figures next to them.
+
+    python experiments/bench_pipeline.py                      # all stages, SmolLM2, CPU, bf16 and fp32
+    python experiments/bench_pipeline.py --stages gradients,train_step --n-train 32 --dtypes float32
     python experiments/bench_pipeline.py --device cuda --override trainer=gpu   # a GPU with the converted weights
+    # an AVX2-only CPU reproduced on an AVX512-BF16 one (docs/bench_pipeline.md, "Both kinds of CPU"):
+    ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 python experiments/bench_pipeline.py
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import copy
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +55,7 @@ from goracs.evaluation.likelihood import candidate_scores, candidate_tokens, res
 from goracs.features.gradients import GradientExtractor, encode_split, select_lora_params
 from goracs.features.sharded import run_batches
 from goracs.features.text_embedding import LastTokenEncoder, embedding_texts, sentence_encoder
+from goracs.models.arithmetic import cached_bf16_speedup, cpu_capability, resolve_dtype
 from goracs.models.encoding import encode_lm, encode_prompt
 from goracs.models.finetune import fine_tune
 from goracs.models.kv_cache import cache_keyword
@@ -69,6 +78,8 @@ def main() -> None:
     p.add_argument("--n-numerics", type=int, default=64,
                    help="train samples whose gradient features are compared with the fp32 reference (0: skip)")
     p.add_argument("--repeats", type=int, default=2, help="runs of each stage and floor; the fastest of each counts")
+    p.add_argument("--dtypes", default="bfloat16,float32",
+                   help="backbone dtypes to run every stage in, in turn (comma list of bfloat16, float32, float16)")
     add_common_args(p)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -76,35 +87,52 @@ def main() -> None:
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         p.error(f"--stages: unknown {unknown}; expected some of {list(STAGES)}")
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not dtypes or set(dtypes) - {"bfloat16", "float32", "float16"}:
+        p.error(f"--dtypes {args.dtypes!r}: expected a comma list of bfloat16, float32, float16")
     cfg, device = setup(args)
+    auto = resolve_dtype("auto", device=device)
+    speed = cached_bf16_speedup() if device == "cpu" else None
+    log.info("dtype auto here: %s (%s)", auto.dtype, auto.reason)
     samples = load_samples(cfg)
-    model, tok = load_model(cfg, samples, device)
-    bench = Bench(cfg, samples, model, tok, device, args)
-    bench.warm_up()
-    numerics = None
-    if args.n_numerics:
-        log.info("numerics: gradient features, job dtype and fp32 vs the fp32 full-logits reference")
-        numerics = bench.numerics()
-        print(json.dumps(numerics, indent=1))
-    rows = []
-    for stage in stages:
-        log.info("stage %s", stage)
-        runs = []
-        for _ in range(args.repeats):
-            if stage == "train_step":
-                bench.__dict__.pop("_clock", None)  # a new fit per repeat (validation reuses the last one)
-            runs.append(getattr(bench, stage)())
-        # The fastest of the repeats, for the stage and the floor each: the least disturbed by other processes.
-        row = {**max(runs, key=lambda r: r["stage_tok_s"]),
-               "floor_tok_s": max(r["floor_tok_s"] for r in runs), "repeats": len(runs)}
-        row.update(stage=stage, ratio=row["stage_tok_s"] / row["floor_tok_s"])
-        log.info("%s: %.0f tok/s, floor %.0f tok/s, ratio %.2f", stage, row["stage_tok_s"], row["floor_tok_s"],
-                 row["ratio"])
-        rows.append(row)
-    result = {"device": device, "threads": torch.get_num_threads(), "dtype": str(next(model.parameters()).dtype),
-              "model": args.model, "overrides": args.override,
-              "cpu": _cpu_name(), "stages": rows, "numerics": numerics}
+    rows, numerics = [], {}
+    for dtype in dtypes:
+        cfg, _ = setup(argparse.Namespace(**{**vars(args), "override": [*args.override,
+                                                                         f"model.backbone.dtype={dtype}"]}))
+        model, tok = load_model(cfg, samples, device)
+        bench = Bench(cfg, samples, model, tok, device, args)
+        bench.warm_up()
+        if args.n_numerics and dtype != "float32":
+            log.info("numerics: gradient features, %s and fp32 vs the fp32 full-logits reference", dtype)
+            numerics[dtype] = bench.numerics()
+            print(json.dumps(numerics[dtype], indent=1))
+        for stage in stages:
+            log.info("stage %s (%s)", stage, dtype)
+            runs, cpu0 = [], time.process_time()
+            for _ in range(args.repeats):
+                if stage == "train_step":
+                    bench.__dict__.pop("_clock", None)  # a new fit per repeat (validation reuses the last one)
+                runs.append(getattr(bench, stage)())
+            # The fastest of the repeats, for the stage and the floor each: the least disturbed by other processes.
+            row = {**max(runs, key=lambda r: r["stage_tok_s"]),
+                   "floor_tok_s": max(r["floor_tok_s"] for r in runs), "repeats": len(runs)}
+            row.update(stage=stage, dtype=dtype, ratio=row["stage_tok_s"] / row["floor_tok_s"],
+                       cpu_s=time.process_time() - cpu0, load=os.getloadavg()[0])
+            log.info("%s (%s): %.0f tok/s, floor %.0f tok/s, ratio %.2f", stage, dtype, row["stage_tok_s"],
+                     row["floor_tok_s"], row["ratio"])
+            rows.append(row)
+        del bench, model
+    result = {"device": device, "threads": torch.get_num_threads(), "dtypes": dtypes, "model": args.model,
+              "overrides": args.override, "cpu": _cpu_name(), "cpu_capability": cpu_capability(),
+              "isa_env": {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                                                      "ATEN_CPU_CAPABILITY") if k in os.environ},
+              "auto": {"dtype": auto.dtype, "reason": auto.reason,
+                       "probe": None if speed is None else vars(speed)},
+              "stages": rows, "numerics": numerics or None}
+    print(f"dtype auto on this machine: {auto.dtype} ({auto.reason})")
     print(table(rows))
+    if len(dtypes) > 1:
+        print(dtype_table(rows, dtypes))
     print(json.dumps({k: v for k, v in result.items() if k not in ("stages", "numerics")}))
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
@@ -112,11 +140,28 @@ def main() -> None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| stage | tokens | stage tok/s | floor tok/s | **stage / floor** | stage s | note |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| stage | dtype | tokens | stage tok/s | floor tok/s | **stage / floor** | stage s | CPU s | load "
+             "| note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['stage']} | {r['tokens']:,} | {r['stage_tok_s']:,.0f} | {r['floor_tok_s']:,.0f} | "
-                     f"**{r['ratio']:.2f}** | {r['stage_s']:.1f} | {r.get('note', '')} |")
+        lines.append(f"| {r['stage']} | {r['dtype']} | {r['tokens']:,} | {r['stage_tok_s']:,.0f} | "
+                     f"{r['floor_tok_s']:,.0f} | **{r['ratio']:.2f}** | {r['stage_s']:.1f} | {r['cpu_s']:.1f} | "
+                     f"{r['load']:.1f} | {r.get('note', '')} |")
+    return "\n".join(lines)
+
+
+def dtype_table(rows: list[dict], dtypes: list[str]) -> str:
+    """Per stage: each dtype's stage throughput and its floor, and the time of each relative to the first dtype."""
+    by = {(r["stage"], r["dtype"]): r for r in rows}
+    head = " | ".join(f"{d} tok/s (floor)" for d in dtypes)
+    lines = [f"| stage | {head} | " + " | ".join(f"{d} time / {dtypes[0]}" for d in dtypes[1:]) + " |",
+             "|---" * (2 + len(dtypes) - 1 + 1) + "|"]
+    for stage in dict.fromkeys(r["stage"] for r in rows):
+        cells = [by.get((stage, d)) for d in dtypes]
+        tput = " | ".join(f"{c['stage_tok_s']:,.0f} ({c['floor_tok_s']:,.0f})" if c else "-" for c in cells)
+        rel = " | ".join(f"{cells[0]['stage_tok_s'] / c['stage_tok_s']:.2f}" if c and cells[0] else "-"
+                         for c in cells[1:])
+        lines.append(f"| {stage} | {tput} | {rel} |")
     return "\n".join(lines)
 
 

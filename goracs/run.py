@@ -66,6 +66,11 @@ def run(cfg: DictConfig) -> dict:
         integer_option(cfg[key], key, expected)
     if cfg.stage not in ("data", "select", "all"):
         raise ConfigError(f"stage={cfg.stage}: expected data, select or all")
+    arithmetic = {}  # dtype auto -> the dtype it means on this machine, before the job's key is taken
+    if cfg.stage != "data":
+        from goracs.models.arithmetic import settle_dtypes  # imports torch: not for stage=data
+
+        arithmetic = settle_dtypes(cfg.model.backbone, cfg.features)
     job = OmegaConf.to_container(cfg, resolve=True)  # the resolved config; its nodes go to the stages as plain dicts
     # The task's keys without its class: the caches hash the keys (a task is named by its name), as before.
     job["task"] = {k: v for k, v in job["task"].items() if k != "_target_"}
@@ -76,6 +81,7 @@ def run(cfg: DictConfig) -> dict:
     previous = record.start(resume=bool(cfg.resume) and cfg.stage == "all")
     if previous is not None:
         return previous
+    record.update(arithmetic)  # run/dtype, run/cpu_capability, ...: the arithmetic the job's figures come from
     loggers: list = []
     try:
         return _stages(cfg, job, record, loggers)

