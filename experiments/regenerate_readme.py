@@ -45,11 +45,16 @@ def generate(args: str, root: Path = ROOT) -> str:
     from goracs.report.cli import main
 
     argv = shlex.split(args)
+    logger = logging.getLogger("goracs.report")
+    level = logger.level
     with tempfile.TemporaryDirectory() as out, contextlib.chdir(root):
         buffer = io.StringIO()
-        logging.getLogger("goracs.report").setLevel(logging.ERROR)  # warnings belong to the report, not the README
-        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(io.StringIO()) as err:
-            code = main([*argv, "--no-plots", "--out", os.path.join(out, "report")])
+        logger.setLevel(logging.ERROR)  # the report's warnings belong to its own runs, not to the README
+        try:
+            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(io.StringIO()) as err:
+                code = main([*argv, "--no-plots", "--out", os.path.join(out, "report")])
+        finally:
+            logger.setLevel(level)
     if code != 0:
         raise ValueError(f"goracs-report {args}: exit code {code}: {err.getvalue().strip()}")
     return buffer.getvalue().strip() + "\n"

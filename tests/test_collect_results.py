@@ -21,7 +21,7 @@ _spec.loader.exec_module(collect_results)
 def hydra_sweep(root: Path) -> Path:
     """Two jobs laid out as goracs-run -m writes them, plus files that must not be copied."""
     for seed in (0, 1):
-        job = write_job(root, "seqrec", "random", 16, seed, name=f"budget=16,seed={seed},selection=random")
+        job = write_job(root, "seqrec", "random", 64, seed, name=f"budget=16,seed={seed},selection=random")
         (job / "adapter").mkdir()
         (job / "adapter" / "adapter_model.safetensors").write_bytes(b"x" * 100)
         (job / "wandb").mkdir()

@@ -15,7 +15,7 @@ import pytest
 from goracs.report.calibration import calibrate, seed_aware_column, simulate
 from goracs.report.statistics import holm
 
-SIMS, METHODS = 1500, 6  # 7,500 comparisons per scenario: the rate's standard error is ~0.3 points
+SIMS, METHODS = 1000, 6  # 5,000 comparisons per scenario: the rate's standard error is ~0.3-0.4 points
 
 SCENARIOS = {  # seed sd, method x row sd, seed x row sd (nats, per row)
     "typical": dict(seed_sd=0.003, method_row_sd=0.012, seed_row_sd=0.014),

@@ -353,6 +353,7 @@ def _attach(table: Table, reference: str, store: RecordStore, n_boot: int, boot_
     ref_budgetless = budgetless and reference in BUDGETLESS_METHODS
     lacking: dict[str, list[str]] = defaultdict(list)
     modes: set[str] = set()
+    pooled_dfs: set[int] = set()
     for row, col in table.applicable:
         cell = table.cells.get((row, col))
         ref = table.cells.get((reference, FULL_COLUMN if ref_budgetless else col))
@@ -369,12 +370,13 @@ def _attach(table: Table, reference: str, store: RecordStore, n_boot: int, boot_
         else:
             table.intervals[(row, col)] = interval
             modes.add(mode)
+            pooled_dfs |= {pooled[col][1]} if mode == "pooled" else set()
     keys = list(table.intervals)
     adjusted = holm([table.intervals[k].p for k in keys]) if table.adjust == "holm" else None
     for i, key in enumerate(keys):
         table.intervals[key].p_adj = float(adjusted[i]) if adjusted is not None else table.intervals[key].p
     table.components = {col: _components(table, col, pooled[col], jobs, reference) for col in table.cols}
-    table.interval_notes += _notes(table, n_boot, boot_seed, min_seeds, jobs.n_users, modes, pooled, lacking)
+    table.interval_notes += _notes(table, n_boot, boot_seed, min_seeds, jobs.n_users, modes, pooled_dfs, lacking)
 
 
 def _compare(table: Table, row: str, cell: Cell, ref: Cell, pooled: tuple[float, int], jobs: _Jobs,
@@ -413,7 +415,8 @@ def _compare(table: Table, row: str, cell: Cell, ref: Cell, pooled: tuple[float,
         kind, n_rows, n_users = "seed-aware", stats_m[0][2], jobs.n_users
         noise = noise_interval([jobs.replicates(p) for p in cell.paths], [jobs.replicates(p) for p in ref.paths])
     diff = cell.mean - ref.mean
-    if not seed_var + row_var > 0:
+    scale = max(abs(cell.mean), abs(ref.mean), 1.0)
+    if not math.sqrt(seed_var + row_var) > 1e-9 * scale:  # 0 up to rounding (np.std of equal values is ~1e-17)
         return None, "zero variance across seeds and test rows (identical runs?)", mode
     se, df, low, high, p = (float(v) for v in t_test(diff, np.array(terms), np.array(dfs, dtype=np.float64)))
     marked = all(n >= min_seeds for name, n in ((row, n_m), (table.reference, n_r)) if name not in seedless)
@@ -459,7 +462,7 @@ def _components(table: Table, col: str, pooled: tuple[float, int], jobs: _Jobs, 
 
 
 def _notes(table: Table, n_boot: int, boot_seed: int, min_seeds: int, n_users: int, modes: set[str],
-           pooled: dict[str, tuple[float, int]], lacking: dict[str, list[str]]) -> list[str]:
+           pooled_dfs: set[int], lacking: dict[str, list[str]]) -> list[str]:
     """Caption sentences: what the interval covers, the family of the markers, the fallbacks, the cells without."""
     ref, intervals = table.reference, table.intervals
     kinds = {ci.kind for ci in intervals.values()}
@@ -470,7 +473,7 @@ def _notes(table: Table, n_boot: int, boot_seed: int, min_seeds: int, n_users: i
                      f"marked (the seed-aware interval is in the CSV).")
     elif intervals:
         spread = {"pooled": "between-seed variance pooled over the column's methods (df "
-                            + "/".join(str(df) for df in sorted({df for _, df in pooled.values() if df})) + ")",
+                            + "/".join(map(str, sorted(pooled_dfs))) + ")",
                   "pair": "between-seed variance of each pair"}
         sources = " and ".join(spread[m] for m in sorted(modes))
         rows = f" plus test rows clustered by user ({n_users} users)" if "seed-aware" in kinds else ""
