@@ -193,7 +193,8 @@ class SeqRecTask:
 
     def metric_names(self, topk: Sequence[int], ranking: str = "grounding") -> tuple[str, ...]:
         """Keys of :meth:`metrics` when every ranking it asks for ran (``eval.ranking``)."""
-        suffixes = {"grounding": ("", "_full"), "likelihood": ("_ll",), "both": ("", "_full", "_ll")}[ranking]
+        suffixes = {"grounding": ("", "_full"), "likelihood": ("_ll",), "both": ("", "_full", "_ll"),
+                    "none": ()}[ranking]
         ranked = tuple(f"{m}@{k}{s}" for s in suffixes for k in sorted(int(k) for k in topk) for m in ("ndcg", "hit"))
         return ("loss", *ranked, *(("exact_match",) if "" in suffixes else ()))
 

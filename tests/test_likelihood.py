@@ -103,6 +103,20 @@ def test_both_rankings_write_one_record_per_row_and_subset_is_fixed(tiny):
     assert {"loss", "ndcg@5", "hit@5_full", "ndcg@5_ll", "exact_match"} <= set(result.metrics)
 
 
+def test_ranking_none_gives_the_test_loss_only(tiny):
+    model, tok, test, items = tiny
+    result = evaluate(model, tok, test, items, task="seqrec", faithful=True, num_beams=1, max_new_tokens=2,
+                      batch_size=4, topk=[5], cutoff_len=256, ranking="none", device="cpu")
+    rec = result.records
+    assert rec["loss"].notna().all() and len(rec) == len(test)
+    assert not {"rank", "rank_full", "rank_ll", "generated"} & set(rec.columns)  # nothing generated or ranked
+    assert set(result.metrics) == {"loss"}
+    assert result.metrics["loss"] == pytest.approx(float(rec["loss"].mean()))
+    both = evaluate(model, tok, test, items, task="seqrec", faithful=True, num_beams=1, max_new_tokens=2,
+                    batch_size=4, topk=[5], cutoff_len=256, ranking="both", ranking_rows=2, device="cpu")
+    assert np.allclose(both.records["loss"], rec["loss"])  # the same per-row loss as with any ranking
+
+
 def test_unknown_ranking_is_a_clear_error(tiny):
     model, tok, test, items = tiny
     with pytest.raises(ValueError, match=r"eval.ranking='beam'.*grounding"):

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 _ROWS_PER_CHUNK = 256  # rows of the (rows x catalogue) distance matrix held at once
 
 
-RANKINGS = ("grounding", "likelihood", "both")
+RANKINGS = ("grounding", "likelihood", "both", "none")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task:
     SeqRec ranking (``ranking``): ``grounding`` (BIGRec, the official protocol) gives ``ndcg@K``, ``hit@K``
     (sampled: target + its ``negatives``), ``ndcg@K_full``, ``hit@K_full`` (whole catalogue) and ``exact_match``;
     ``likelihood`` gives ``ndcg@K_ll``, ``hit@K_ll`` (target and negatives ranked by the model's mean
-    log-probability of each candidate's response); ``both`` gives both. ``ranking_rows``: rank only that many test
+    log-probability of each candidate's response); ``both`` gives both; ``none`` gives only ``loss`` (no
+    generation, no candidate scoring: the cheap setting of a study whose verdict is the test loss). ``ranking_rows``: rank only that many test
     rows (a fixed subset, the same for every job: the first rows of a ``default_rng(0)`` permutation of the test
     positions); null = all. Rows with several ``targets`` (DEALRec test) count the best-ranked target. CTR: ``auc``
     (NaN with a warning when the test labels have one class), ``logloss``, ``accuracy``.
