@@ -34,7 +34,7 @@ def test_end_to_end_writes_metrics_and_indices(tmp_path, task, expected):
                 "time/data_s", "time/select_s", "time/train_s", "time/eval_s", "n_selected", *expected]:
         assert key in on_disk, key
     assert on_disk["task"] == task and on_disk["selection"] == "random" and on_disk["budget"] == 8
-    records = pd.read_parquet(tmp_path / "job" / "test_outputs.parquet")  # one row per test sample, paired ids
+    records = pd.read_parquet(tmp_path / "job" / "test_outputs.parquet", partitioning=None)  # one row per sample
     assert list(records["row"]) == list(range(16)) and records["loss"].notna().all()
     assert on_disk["test/loss"] == pytest.approx(records["loss"].mean())
     assert {"user", "item", "targets"} <= set(records.columns)
