@@ -37,7 +37,7 @@ def test_cli_plan_writes_a_csv_per_budget_and_reaches_the_power(tmp_path, capsys
     assert plan["budget"].tolist() == ["64", "128"] and (plan["diff_source"] == "smallest in table").all()
     csv_diff = plan["diff"].iloc[0]
     assert (plan["pilot_seeds"] == 3).all() and (plan["pilot_users"] == 100).all() and (plan["methods"] == 2).all()
-    assert plan["alpha"].tolist() == pytest.approx([0.025, 0.025])  # Holm over the table's 2 comparisons: 0.05 / 2 at the first step
+    assert plan["alpha"].tolist() == pytest.approx([0.025, 0.025])  # Holm, 2 comparisons: 0.05 / 2 at step 1
     assert csv_diff > 0 and (plan["seeds_needed"].dropna() >= 2).all()
     printed = capsys.readouterr().out
     assert printed.startswith("### seed plan: games / seqrec / smollm2") and "seeds_needed" in printed

@@ -27,8 +27,8 @@ cells say ``(n=k)``.
 Outputs go to ``--out`` (default ``<first sweep dir>/report/``): ``<group>_<metric>.{md,tex,csv}`` (CSV is long
 form: one line per cell with mean, std, n, seeds, missing seeds, best, diff, ci_low, ci_high, se, df, p, p_adj,
 the variance terms, the noise interval, reference, significant) and the PNG plots of :mod:`goracs.report.plots`.
-The Markdown is also printed to stdout. Only pandas, numpy and pyarrow are imported up front (matplotlib, scikit-learn and scipy lazily, where
-needed), so the command starts fast.
+The Markdown is also printed to stdout. Only pandas, numpy and pyarrow are imported up front (matplotlib,
+scikit-learn and scipy lazily, where needed), so the command starts fast.
 """
 
 from __future__ import annotations

@@ -84,8 +84,8 @@ def _plot(table: Table, path: Path, ylabel: str | None = None) -> Path:
     ax.set_xlabel(table.col_key)
     ax.set_ylabel(ylabel or f"{table.metric} ({direction(table)})")
     title = table.title + (" (PARTIAL)" if table.problems else "")
-    ax.set_title(title + (f"\nbands: {table.reference} + seed-aware 95% CI of the difference" if table.intervals else ""),
-                 fontsize="medium")
+    bands = f"\nbands: {table.reference} + seed-aware 95% CI of the difference" if table.intervals else ""
+    ax.set_title(title + bands, fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
