@@ -1,7 +1,7 @@
 """goracs-report on synthetic metrics.json files with known values: table text, CSV numbers, LaTeX, gaps, plots.
 
-These sweeps have no test_outputs.parquet (older runs), so their intervals are the seed-level Welch fallback (†);
-the paired bootstrap is tested in tests/test_report_bootstrap.py.
+These sweeps have no test_outputs.parquet (older runs), so their intervals are seed-only (†); the seed-aware
+intervals with their test-row term are tested in tests/test_report_intervals.py.
 """
 
 from __future__ import annotations
@@ -32,18 +32,21 @@ SELECT_TIME = {"random": 0.01, "goracs": 2.5, "full": 0.0}
 EXPECTED_MARKDOWN = """\
 ### games / seqrec / smollm2 — test/ndcg@10 (higher is better)
 
-mean ± std over 2 seeds (sample std, ddof=1); best per column in bold. [low, high]: 95% interval of the difference \
-method − random; ▲ / ▼: it excludes 0, better / worse than random; (ref): the reference. †: Welch t interval over \
-seed means (no per-sample test_outputs.parquet: older runs), measures training noise across seeds. No interval for \
-full (budget-less, the reference random is budgeted).
+mean ± std over 2 seeds (sample std, ddof=1); best per column in bold. [low, high]: seed-aware 95% t interval of \
+method − random: between-seed variance pooled over the column's methods (df 2). ▲ / ▼: better / worse than random \
+at Holm-adjusted p < 0.05 within this table (family: its 2 comparisons with random); (ref): the reference. No \
+markers where a cell has fewer than 3 seeds (--min-seeds): too few for a verdict on training randomness. †: \
+seed-only interval (no per-sample test_outputs.parquet): misses the test-row term. No interval for full \
+(budget-less, the reference random is budgeted).
 
 | selection |             all |                                      64 |                                     128 |
 |:----------|----------------:|----------------------------------------:|----------------------------------------:|
 | full      | 0.3200 ± 0.0283 |                                         |                                         |
 | random    |                 |                   0.1100 ± 0.0141 (ref) |                   0.1600 ± 0.0283 (ref) |
-| goracs    |                 | **0.1400 ± 0.0141** [−0.0308, +0.0908]† | **0.2100 ± 0.0141** [−0.0884, +0.1884]† |"""
-# Welch by hand: 64: diff 0.03, se = sqrt(2 · 0.0002/2) = 0.01414, ν = 2, t_{2, .975} = 4.3027 -> ±0.0608;
-# 128: diff 0.05, se² = 0.0001 + 0.0004, ν = 1.4706 (t = 6.190) -> ±0.1384.
+| goracs    |                 | **0.1400 ± 0.0141** [−0.0308, +0.0908]† | **0.2100 ± 0.0141** [−0.0462, +0.1462]† |"""
+# Seed-only interval by hand (pooled over random and goracs of the column, df 1 + 1 = 2, t_{2, .975} = 4.3027):
+# 64: s² = (0.0002 + 0.0002)/2, seed_var = s² (1/2 + 1/2) = 0.0002, se = 0.01414 -> 0.03 ± 0.0608;
+# 128: s² = (0.0008 + 0.0002)/2 = 0.0005 = seed_var, se = 0.02236 -> 0.05 ± 0.0962.
 
 
 def write_run(root: Path, selection: str, budget: int, seed: int, status: str = "ok", **values) -> Path:
@@ -98,7 +101,7 @@ def test_latex_bolds_the_best_cell_per_column(tmp_path):
     assert main([str(sweep), "--metric", "test/ndcg@10", "--no-plots"]) == 0
     tex = (sweep / "report" / "games_seqrec_smollm2_test_ndcg_at10.tex").read_text()
     assert (r"goracs &  & \textbf{0.1400 $\pm$ 0.0141} [$-$0.0308, +0.0908]$^\dagger$ & "
-            r"\textbf{0.2100 $\pm$ 0.0141} [$-$0.0884, +0.1884]$^\dagger$ \\") in tex
+            r"\textbf{0.2100 $\pm$ 0.0141} [$-$0.0462, +0.1462]$^\dagger$ \\") in tex
     assert r"random &  & 0.1100 $\pm$ 0.0141 (ref) & 0.1600 $\pm$ 0.0283 (ref) \\" in tex
     assert tex.count(r"\textbf") == 2 and r"\begin{tabular}{lrrr}" in tex
 
@@ -154,7 +157,7 @@ def test_single_seed_shows_mean_only_and_groups_make_separate_tables(tmp_path):
     assert main([str(sweep), "--no-plots"]) == 0
     games = (sweep / "report" / "games_seqrec_smollm2_test_ndcg_at10.md").read_text().splitlines()
     assert games[2].startswith("1 seed, no std; best per column in bold.")
-    assert "No interval for goracs @ 64 (no test_outputs.parquet with test/ndcg@10 and < 2 seeds" in games[2]
+    assert "No interval for goracs @ 64 (no method of the column has 2 seeds: no between-seed variance)" in games[2]
     assert games[-2:] == ["| random    | 0.2500 (ref) |", "| goracs    |   **0.5000** |"]
     assert sorted(p.name for p in (sweep / "report").glob("*.md")) == [
         "games_seqrec_smollm2_test_ndcg_at10.md", "movies_ctr_smollm2_test_auc.md"]

@@ -125,6 +125,12 @@ def auc(labels: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(labels, p))
 
 
+def read_records(path) -> pd.DataFrame:
+    """``pandas.read_parquet`` of a record file with hive partitioning **off**: inside a Hydra sweep folder such as
+    ``budget=16,seed=0,selection=random/`` pyarrow would otherwise add bogus categorical columns from the path."""
+    return pd.read_parquet(path, partitioning=None)
+
+
 def write_records(records: pd.DataFrame, path) -> None:
     """Write ``records`` to ``path`` (parquet) atomically: a temporary file renamed into place."""
     from goracs.cache import atomic_write

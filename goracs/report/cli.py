@@ -7,21 +7,28 @@ model``) and each metric (default: every ``test/*`` metric the group reports) on
 bold (see :mod:`goracs.report.tables` for the exact rules). Budget-less methods (``none``: the initial adapter,
 ``full``: the whole pool) share one column ``all``.
 
-Each cell also gets the 95% interval of its difference to ``--reference`` (default ``random``), a paired bootstrap
-over the test rows of the ``test_outputs.parquet`` files beside the ``metrics.json`` files, seeds as strata
-(``--n-boot`` resamples, ``--boot-seed``; :mod:`goracs.report.statistics`, ``docs/statistics.md``); runs without
-that file fall back to a seed-level Welch interval, marked ``†``. Cells read ``mean ± std [low, high] ▲``, with
-``▲`` / ``▼`` when the interval excludes 0 on the better / worse side, and ``(ref)`` in the reference's cells.
+Each cell also gets the seed-aware 95% interval of its difference to ``--reference`` (default ``random``): a t
+interval whose variance has a between-seed term (``--seed-variance``: pooled over the column's methods below 5
+seeds) and a test-row term clustered by user, from the ``test_outputs.parquet`` files beside the ``metrics.json``
+files (:mod:`goracs.report.statistics`, ``docs/statistics.md``); runs without that file get the seed-only interval,
+marked ``†``. Cells read ``mean ± std [low, high] ▲``, with ``▲`` / ``▼`` when the Holm-adjusted p-value within the
+table (``--adjust``) is below 0.05 and both cells have ``--min-seeds`` seeds, and ``(ref)`` in the reference's
+cells. The CSV adds p-values and the secondary test-noise interval (user-clustered bootstrap over test rows, the
+trained seeds held fixed; ``--n-boot``, ``--boot-seed``; ``--interval test-noise`` prints it in the cells).
+
+``--plan`` runs the seed planner (:mod:`goracs.report.planner`) on the sweep as a pilot: per table and budget, the
+seeds (and test rows) needed to resolve ``--plan-diff`` (default: the table's smallest difference) with
+``--power``; it writes ``plan.csv`` and prints the plan instead of the tables.
 
 A table with a missing cell or a cell whose seeds differ from the group's seeds is refused (exit code 2, every gap
 listed) unless ``--partial``: then the table starts with a line ``PARTIAL: ...``, gaps show as ``—`` and incomplete
 cells say ``(n=k)``.
 
 Outputs go to ``--out`` (default ``<first sweep dir>/report/``): ``<group>_<metric>.{md,tex,csv}`` (CSV is long
-form: one line per cell with mean, std, n, seeds, missing seeds, best, diff, ci_low, ci_high, n_rows, n_strata,
-interval, reference, significant) and the PNG plots of :mod:`goracs.report.plots`. The Markdown is also printed
-to stdout. Only pandas, numpy and pyarrow are imported up front (matplotlib, scikit-learn and scipy lazily, where
-needed), so the command starts fast.
+form: one line per cell with mean, std, n, seeds, missing seeds, best, diff, ci_low, ci_high, se, df, p, p_adj,
+the variance terms, the noise interval, reference, significant) and the PNG plots of :mod:`goracs.report.plots`.
+The Markdown is also printed to stdout. Only pandas, numpy and pyarrow are imported up front (matplotlib,
+scikit-learn and scipy lazily, where needed), so the command starts fast.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import pandas as pd
 
 from goracs.errors import InputNotFound
 from goracs.report.plots import write_plots
-from goracs.report.statistics import attach_intervals
+from goracs.report.statistics import (ADJUSTMENTS, MIN_SEEDS, SEED_VARIANCES, SHOWN, attach_intervals)
 from goracs.report.tables import IncompleteTableError, build_tables, render_latex, render_markdown, sanitise, table_csv
 
 log = logging.getLogger("goracs.report")  # the package's logger, shared by its modules
@@ -61,12 +68,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             lines = [f"  {t.title} {t.metric}: {p}" for t in incomplete for p in t.problems]
             raise IncompleteTableError("incomplete tables (pass --partial to write them anyway):\n" + "\n".join(lines))
         attach_intervals(tables, args.reference or DEFAULT_REFERENCE, args.n_boot, args.boot_seed,
-                         explicit=args.reference is not None)
+                         explicit=args.reference is not None, adjust=args.adjust, min_seeds=args.min_seeds,
+                         seed_variance=args.seed_variance, shown=args.interval)
+        plan = None
+        if args.plan:
+            from goracs.report.planner import plan_seeds
+
+            plan = plan_seeds(tables, args.plan_diff, args.power, args.max_seeds)
     except (ValueError, FileNotFoundError) as err:
         print(f"goracs-report: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path(args.sweep_dirs[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
+    if plan is not None:
+        from goracs.report.planner import render_plan
+
+        plan.to_csv(out / "plan.csv", index=False)
+        print(render_plan(plan))
+        log.info("wrote the seed plan (%d lines) to %s", len(plan), out / "plan.csv")
+        return 0
     for table in tables:
         stem = out / f"{table.stem}_{sanitise(table.metric)}"
         markdown = render_markdown(table, args.digits)
@@ -92,10 +112,26 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--digits", type=int, default=4, help="decimals printed (default: 4)")
     parser.add_argument("--partial", action="store_true", help="write tables with gaps, marked PARTIAL")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--reference", help="row (method) every cell is compared with: 95%% interval of the "
-                        f"difference, paired bootstrap over test rows (default: {DEFAULT_REFERENCE}; e.g. full, none)")
-    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
-    parser.add_argument("--boot-seed", type=int, default=0, help="seed of the bootstrap's resampling (default: 0)")
+    parser.add_argument("--reference", help="row (method) every cell is compared with: seed-aware 95%% interval "
+                        f"of the difference (default: {DEFAULT_REFERENCE}; e.g. full, none)")
+    parser.add_argument("--adjust", choices=ADJUSTMENTS, default="holm",
+                        help="multiplicity adjustment of the markers within each table (default: holm)")
+    parser.add_argument("--min-seeds", type=int, default=MIN_SEEDS,
+                        help=f"fewer seeds per cell: interval but no marker (default: {MIN_SEEDS})")
+    parser.add_argument("--seed-variance", choices=SEED_VARIANCES, default="auto",
+                        help="between-seed variance: pooled over the column's methods, each pair's own, or auto "
+                        "(pooled below 5 seeds per cell; default)")
+    parser.add_argument("--interval", choices=SHOWN, default="seed-aware",
+                        help="interval printed in the cells: seed-aware (with markers; default) or test-noise "
+                        "(bootstrap over test rows only, no markers)")
+    parser.add_argument("--n-boot", type=int, default=2000, help="test-noise bootstrap resamples (default: 2000)")
+    parser.add_argument("--boot-seed", type=int, default=0, help="seed of the test-noise resampling (default: 0)")
+    parser.add_argument("--plan", action="store_true", help="seed planner: seeds and test rows needed per table "
+                        "and budget, written to plan.csv, instead of the tables")
+    parser.add_argument("--plan-diff", type=float, action="append",
+                        help="difference to resolve, repeatable (default: the smallest |difference| of the table)")
+    parser.add_argument("--power", type=float, default=0.8, help="planner's target power (default: 0.8)")
+    parser.add_argument("--max-seeds", type=int, default=100, help="planner's largest seed count (default: 100)")
     args = parser.parse_args(argv)
     if args.group is None:
         args.group = [k for k in ("data", "task", "model") if k not in (args.rows, args.cols)]

@@ -1,14 +1,14 @@
 """Plots for ``goracs-report``: ``<group>_<metric>.png`` (metric against budget per method, error bars = std,
 budget-less methods ``full`` / ``none`` as horizontal lines), ``<group>_<metric>_diff.png`` (for tables with
 intervals: ``method − reference`` against budget, one point per method and column with its 95% interval as the error
-bar, methods side by side, a line at 0; filled markers where the interval excludes 0) and
+bar, methods side by side, a line at 0; filled markers where the table prints ▲ / ▼) and
 ``<group>_select_time.png`` (``select/time_s`` or ``time/select_s`` against budget).
 
 Interval bands: where a table has intervals (:mod:`goracs.report.statistics`), each compared method gets a shaded
 band in its colour spanning ``reference mean + [low, high]`` at each column (the reference mean of that column, or
 of ``all`` for a budget-less reference); a budget-less method gets a horizontal band. The band is centred near the
-method's own mean (``reference mean + diff``), and it is clear of the reference's line exactly where the interval
-excludes 0, i.e. where the table marks ``▲`` / ``▼``.
+method's own mean (``reference mean + diff``), and it is clear of the reference's line exactly where the seed-aware
+interval excludes 0; with the default Holm adjustment a marker needs more than that (docs/statistics.md).
 
 matplotlib is imported inside the functions, so importing this module (and ``goracs.report``) stays fast.
 """
@@ -84,8 +84,8 @@ def _plot(table: Table, path: Path, ylabel: str | None = None) -> Path:
     ax.set_xlabel(table.col_key)
     ax.set_ylabel(ylabel or f"{table.metric} ({direction(table)})")
     title = table.title + (" (PARTIAL)" if table.problems else "")
-    ax.set_title(title + (f"\nbands: {table.reference} + 95% CI of the difference" if table.intervals else ""),
-                 fontsize="medium")
+    bands = f"\nbands: {table.reference} + seed-aware 95% CI of the difference" if table.intervals else ""
+    ax.set_title(title + bands, fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -111,7 +111,7 @@ def _plot_diff(table: Table, path: Path) -> Path:
         for i, row in enumerate(present):
             interval = table.intervals[(row, col)]
             x = j - 0.4 + width * (i + 0.5)
-            filled = interval.significant(lower_better) != "none"
+            filled = interval.significant(lower_better) != "none"  # the table's marker (adjusted p)
             ax.errorbar([x], [interval.diff], yerr=[[interval.diff - interval.low], [interval.high - interval.diff]],
                         marker="o", capsize=3, color=color[row], markerfacecolor=color[row] if filled else "white",
                         label=None if row in labelled else row)
@@ -121,7 +121,8 @@ def _plot_diff(table: Table, path: Path) -> Path:
     ax.set_xlim(-0.5, len(cols) - 0.5)
     ax.set_xlabel(table.col_key)
     ax.set_ylabel(f"{table.metric} − {table.reference}\n({direction(table)})")
-    ax.set_title(f"{table.title}: difference to {table.reference}\n95% interval; filled marker: it excludes 0",
+    ax.set_title(f"{table.title}: difference to {table.reference}\n"
+                 f"seed-aware 95% interval; filled marker: ▲/▼ in the table ({table.adjust})",
                  fontsize="medium")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize="small", ncol=2)

@@ -11,9 +11,10 @@
 * best mean per column (compared at the printed precision, ties all marked) in bold, using ``lower_is_better``
   (logloss/loss and times lower, everything else higher); columns with a single value are not marked;
 * with an :class:`Interval` per cell (filled by :mod:`goracs.report.statistics`) the cell reads
-  ``mean ± std [low, high] ▲``: ``[low, high]`` the 95% interval of ``method − reference``, ``▲`` / ``▼`` when
-  it excludes 0 on the better / worse side (``lower_is_better`` decides), ``†`` after the bracket when the
-  interval is the seed-level fallback; the reference's own cells read ``mean ± std (ref)``.
+  ``mean ± std [low, high] ▲``: ``[low, high]`` the seed-aware 95% interval of ``method − reference``, ``▲`` /
+  ``▼`` when the (Holm-adjusted) p-value is below 0.05 on the better / worse side (``lower_is_better`` decides),
+  ``†`` after the bracket when the interval is the seed-only fallback; the reference's own cells read
+  ``mean ± std (ref)``.
 
 A cell with no run or with fewer seeds than its group is listed in ``Table.problems`` (except ``none``, whose
 result does not depend on the seed: one run of it is complete); rendered tables then start with a line
@@ -42,7 +43,7 @@ METHOD_ORDER = ("none", "full", "random", "grand", "el2n", "ccs", "d2", "moderat
 BUDGETLESS_METHODS = BUDGET_FREE_METHODS  # budget ignored: one column FULL_COLUMN (the selection stage's list)
 SEEDLESS_METHODS = frozenset({"none"})  # no training: φ₀ is fixed by features.lora_seed / lora_init, not by seed
 FULL_COLUMN, GAP = "all", "—"
-BETTER, WORSE, FALLBACK = "▲", "▼", "†"  # cell markers: interval excludes 0 (better / worse), seed-level interval
+BETTER, WORSE, FALLBACK = "▲", "▼", "†"  # markers: adjusted p < 0.05 (better / worse); seed-only interval
 _LATEX_SYMBOLS = {"±": "$\\pm$", BETTER: "$\\blacktriangle$", WORSE: "$\\blacktriangledown$",
                   FALLBACK: "$^\\dagger$", "−": "$-$", GAP: "--"}
 
@@ -64,25 +65,39 @@ class Cell:
 
 @dataclass
 class Interval:
-    """Interval of the difference ``method − reference`` of one cell.
+    """Interval and verdict of the difference ``method − reference`` of one cell (:mod:`goracs.report.statistics`).
 
-    ``diff`` is the point estimate, ``[low, high]`` the interval, ``n_rows`` the paired test rows summed over the
-    ``n_strata`` seed strata (0 for the seed-level fallback), ``kind`` ``"bootstrap"`` (paired bootstrap over test
-    rows) or ``"welch"`` (seed-level fallback, see :mod:`goracs.report.statistics`).
+    ``diff`` is the difference of the cell means; ``[low, high]`` the seed-aware 95% t interval ``diff ± t_{df} · se``
+    with ``se² = seed_var + row_var`` (training seeds + test rows; ``kind`` ``"seed-aware"``), or with
+    ``row_var = 0`` when per-sample records are missing (``"seed-only"``, marked ``†``); ``p`` its two-sided p-value
+    and ``p_adj`` the p-value after the table's multiplicity adjustment. ``[noise_low, noise_high]`` is the secondary
+    test-noise interval (user-clustered bootstrap over test rows, the trained seeds held fixed; NaN without records).
+    ``n_rows`` / ``n_users``: test rows and users behind the row term. ``marked`` is False when the cell has fewer
+    seeds than ``--min-seeds``: the interval is printed, no verdict is.
     """
 
     diff: float
     low: float
     high: float
-    n_rows: int
-    n_strata: int
     kind: str
+    se: float = math.nan
+    df: float = math.nan
+    p: float = math.nan
+    p_adj: float = math.nan
+    seed_var: float = math.nan
+    row_var: float = math.nan
+    noise_low: float = math.nan
+    noise_high: float = math.nan
+    n_rows: int = 0
+    n_users: int = 0
+    marked: bool = True
 
-    def significant(self, lower_better: bool) -> str:
-        """``better`` / ``worse`` when the interval excludes 0 (direction from ``lower_better``), else ``none``."""
-        if self.low > 0 or self.high < 0:
-            return "better" if (self.high < 0) == lower_better else "worse"
-        return "none"
+    def significant(self, lower_better: bool, alpha: float = 0.05) -> str:
+        """``better`` / ``worse`` when the adjusted p-value is below ``alpha`` and the cell may carry a verdict
+        (direction from ``lower_better``), else ``none``."""
+        if not self.marked or not self.p_adj < alpha:
+            return "none"
+        return "better" if (self.diff < 0) == lower_better else "worse"
 
 
 @dataclass
@@ -103,6 +118,9 @@ class Table:
     reference: str | None = None  # row the intervals compare against (None: no intervals)
     intervals: dict[tuple[str, str], Interval] = field(default_factory=dict)
     interval_notes: list[str] = field(default_factory=list)  # caption sentences on the intervals
+    adjust: str = "holm"  # multiplicity adjustment of the table's family of comparisons (or "none")
+    shown: str = "seed-aware"  # which interval the cells print: "seed-aware" (with markers) or "test-noise"
+    components: dict[str, dict] = field(default_factory=dict)  # column -> variance components (the planner's input)
 
     def missing_seeds(self, row: str, col: str) -> tuple[int, ...]:
         """The table's seeds that the cell lacks; none for a present cell of a seed-less method (``none``)."""
@@ -202,26 +220,33 @@ def render_latex(table: Table, digits: int) -> str:
 
 def table_csv(table: Table, digits: int) -> pd.DataFrame:
     """Long form: one line per applicable cell with mean, std (ddof=1), n, seeds, missing seeds, best flag and the
-    interval of the difference to the reference: ``diff``, ``ci_low``, ``ci_high`` (NaN without one), ``n_rows``,
-    ``n_strata``, ``interval`` (``bootstrap`` / ``welch`` / empty), ``reference`` and ``significant``
-    (``better`` / ``worse`` / ``none``)."""
+    comparison with the reference (:class:`Interval`; NaN / empty without one): ``diff``, ``ci_low``, ``ci_high``
+    (seed-aware interval), ``se``, ``df``, ``p``, ``p_adj``, ``adjust``, ``seed_var``, ``row_var`` (the two
+    variance terms of ``se²``), ``noise_low``, ``noise_high`` (test-noise interval), ``n_rows``, ``n_users``,
+    ``interval`` (``seed-aware`` / ``seed-only`` / empty), ``reference`` and ``significant`` (``better`` /
+    ``worse`` / ``none``: the verdict the marker prints)."""
     best = _best(table, digits)
     lower = lower_is_better(table.metric)
     records = []
     for row, col in table.applicable:
         cell = table.cells.get((row, col))
         ci = table.intervals.get((row, col))
+        value = (lambda name: getattr(ci, name)) if ci else (lambda name: math.nan)
         records.append({table.row_key: row, table.col_key: col, "metric": table.metric,
                         "mean": cell.mean if cell else math.nan, "std": cell.std if cell else math.nan,
                         "n": len(cell.seeds) if cell else 0, "seeds": _join(cell.seeds) if cell else "",
                         "missing_seeds": _join(table.missing_seeds(row, col)), "best": (row, col) in best,
-                        "diff": ci.diff if ci else math.nan, "ci_low": ci.low if ci else math.nan,
-                        "ci_high": ci.high if ci else math.nan, "n_rows": ci.n_rows if ci else 0,
-                        "n_strata": ci.n_strata if ci else 0, "interval": ci.kind if ci else "",
+                        "diff": value("diff"), "ci_low": value("low"), "ci_high": value("high"), "se": value("se"),
+                        "df": value("df"), "p": value("p"), "p_adj": value("p_adj"),
+                        "adjust": table.adjust if ci else "", "seed_var": value("seed_var"),
+                        "row_var": value("row_var"), "noise_low": value("noise_low"),
+                        "noise_high": value("noise_high"), "n_rows": ci.n_rows if ci else 0,
+                        "n_users": ci.n_users if ci else 0, "interval": ci.kind if ci else "",
                         "reference": table.reference or "", "significant": ci.significant(lower) if ci else "none"})
+    floats = ("mean", "std", "diff", "ci_low", "ci_high", "se", "df", "p", "p_adj", "seed_var", "row_var",
+              "noise_low", "noise_high")
     return pd.DataFrame.from_records(records).astype(
-        {"mean": "float64", "std": "float64", "n": "int64", "best": "bool", "diff": "float64", "ci_low": "float64",
-         "ci_high": "float64", "n_rows": "int64", "n_strata": "int64"})
+        {**dict.fromkeys(floats, "float64"), "n": "int64", "best": "bool", "n_rows": "int64", "n_users": "int64"})
 
 
 def lower_is_better(metric: str) -> bool:
@@ -305,7 +330,8 @@ def _best(table: Table, digits: int) -> set[tuple[str, str]]:
 
 def _cell_text(table: Table, row: str, col: str, digits: int, best: set, bold: str) -> str:
     """``mean ± std`` (bold when best), `` (n=k)`` when seeds are missing, then `` [low, high]`` with ``†`` for the
-    seed-level fallback and `` ▲`` / `` ▼`` when significant, or `` (ref)`` in the reference's cells."""
+    seed-only fallback and `` ▲`` / `` ▼`` for the verdict, or `` (ref)`` in the reference's cells; with
+    ``table.shown == "test-noise"`` the test-noise interval instead, without a marker."""
     if (row, col) not in table.applicable:
         return ""
     cell = table.cells.get((row, col))
@@ -317,7 +343,11 @@ def _cell_text(table: Table, row: str, col: str, digits: int, best: set, bold: s
     if row == table.reference:
         return text + " (ref)"
     if ci := table.intervals.get((row, col)):
-        text += f" [{_signed(ci.low, digits)}, {_signed(ci.high, digits)}]" + (FALLBACK if ci.kind == "welch" else "")
+        if table.shown == "test-noise":  # the secondary interval, no verdict (it ignores training randomness)
+            return text + ("" if math.isnan(ci.noise_low)
+                           else f" [{_signed(ci.noise_low, digits)}, {_signed(ci.noise_high, digits)}]")
+        text += f" [{_signed(ci.low, digits)}, {_signed(ci.high, digits)}]" + (FALLBACK if ci.kind == "seed-only"
+                                                                               else "")
         marker = {"better": BETTER, "worse": WORSE}.get(ci.significant(lower_is_better(table.metric)))
         text += f" {marker}" if marker else ""
     return text
