@@ -23,13 +23,20 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from goracs.evaluation.records import FILENAME, metrics_from_records, read_records
+from conftest import task_named
+from goracs.evaluation.records import FILENAME, read_records
 from goracs.report.cli import main
 from goracs.report.statistics import (_weighted_auc, auc_influence, backing, holm, influence, noise_interval,
                                       sample_values, t_test)
 from goracs.report.tables import sanitise
 
 N_ROWS = 300
+
+
+def metrics_from_records(records: pd.DataFrame, task: str) -> dict[str, float]:
+    """The job's ``test/*`` values as the evaluation stage computes them: the task object's own metrics."""
+    return task_named(task).metrics(records, (5, 10))
+
 # (selection, budget) -> shift of the per-sample loss and of the ranks against the shared per-row baseline
 EFFECTS = {("random", 64): (0.0, 0), ("random", 128): (-0.05, 0), ("goracs", 64): (0.0, 0),
            ("goracs", 128): (-0.35, -6), ("none", 0): (0.6, 12)}
@@ -278,7 +285,7 @@ def test_cli_every_test_metric_gets_seed_aware_intervals(tmp_path, task):
     sweep = write_sweep(tmp_path / f"{task}_sweep", task=task)
     assert main([str(sweep), "--out", str(tmp_path / "out"), "--no-plots", "--n-boot", "200"]) == 0
     tables = sorted((tmp_path / "out").glob("*.csv"))
-    assert len(tables) == (14 if task == "seqrec" else 4)  # every test/* key of metrics_from_records
+    assert len(tables) == (14 if task == "seqrec" else 4)  # every test/* key of the task's metrics
     for path in tables:
         csv = pd.read_csv(path, dtype={"budget": str})
         compared = csv[csv["selection"] == "goracs"]

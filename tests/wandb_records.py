@@ -41,7 +41,8 @@ def records(path: Path):
 
 
 def summary_and_config(path: Path) -> tuple[dict, dict]:
-    """The run's final summary values and its config, as W&B recorded them.
+    """The run's final summary values and its config, as W&B recorded them (config from the run record and from
+    later config records: which of the two carries a given update depends on the service's timing).
 
     A summary value W&B has not written as a summary record yet is its last logged history value (what the summary
     defaults to): the service writes the final summary record asynchronously, and a run file read right after
@@ -56,7 +57,8 @@ def summary_and_config(path: Path) -> tuple[dict, dict]:
         elif kind == "summary":
             for item in record.summary.update:
                 summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-        elif kind == "config":
-            for item in record.config.update:
+        elif kind in ("config", "run"):  # a config update sent before the run record was written rides in it
+            updates = record.config.update if kind == "config" else record.run.config.update
+            for item in updates:
                 config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return {**history, **summary}, config
