@@ -225,6 +225,17 @@ def _revert_log(plan_t, log_buf, start, stop):
 
 
 @numba.njit(cache=True)
+def _move(plan_t, cost_rows, log_buf, n_log, i, j, amount):
+    """Add ``amount`` units (negative: take them away) to the plan's entry (row ``i``, column ``j``), log the change
+    at ``log_buf[n_log]`` (for :func:`_revert_log`) and return its transport cost change, ``amount * C[i, j]``."""
+    plan_t[j, i] += amount
+    log_buf[n_log, 0] = j
+    log_buf[n_log, 1] = i
+    log_buf[n_log, 2] = amount
+    return amount * np.float64(cost_rows[i, j])
+
+
+@numba.njit(cache=True)
 def _relax(cost_rows, u, v, i, base, dist_c, done_c, pred_c, heap_d, heap_j, size):
     """Relax row i's edges to the open columns, pushing improved columns onto the (lazy) heap; new heap size."""
     ui = u[i]
@@ -431,28 +442,16 @@ def _ssp(cost_rows, u, v, plan_t, excess, col_def, supply, demand, total, limit,
                 row_t = -t - 1
                 excess[row_t] += amount
                 j = pred_r[row_t]
-                plan_t[j, row_t] -= amount
-                delta_cost -= amount * np.float64(cost_rows[row_t, j])
-                log_buf[n_log, 0] = j
-                log_buf[n_log, 1] = row_t
-                log_buf[n_log, 2] = -amount
+                delta_cost += _move(plan_t, cost_rows, log_buf, n_log, row_t, j, -amount)
                 n_log += 1
             while True:
                 i = pred_c[j]
-                plan_t[j, i] += amount
-                delta_cost += amount * np.float64(cost_rows[i, j])
-                log_buf[n_log, 0] = j
-                log_buf[n_log, 1] = i
-                log_buf[n_log, 2] = amount
+                delta_cost += _move(plan_t, cost_rows, log_buf, n_log, i, j, amount)
                 n_log += 1
                 if i == src:
                     break
                 j = pred_r[i]
-                plan_t[j, i] -= amount
-                delta_cost -= amount * np.float64(cost_rows[i, j])
-                log_buf[n_log, 0] = j
-                log_buf[n_log, 1] = i
-                log_buf[n_log, 2] = -amount
+                delta_cost += _move(plan_t, cost_rows, log_buf, n_log, i, j, -amount)
                 n_log += 1
             excess[src] -= amount
         if limit < inf:
