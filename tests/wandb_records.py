@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32 * 1024
@@ -40,16 +41,26 @@ def records(path: Path):
             pending = b""
 
 
-def summary_and_config(path: Path) -> tuple[dict, dict]:
+def summary_and_config(path: Path, timeout_s: float = 60.0) -> tuple[dict, dict]:
     """The run's final summary values and its config, as W&B recorded them (config from the run record and from
     later config records: which of the two carries a given update depends on the service's timing).
 
-    A summary value W&B has not written as a summary record yet is its last logged history value (what the summary
-    defaults to): the service writes the final summary record asynchronously, and a run file read right after
-    ``wandb.finish`` sometimes lacks it.
+    The wandb-core service writes the file asynchronously and may still be appending when ``wandb.finish`` has
+    returned (seen on a loaded machine: the last summary or the config missing), so the file is re-read until it
+    holds the run's closing ``exit`` record, for at most ``timeout_s`` seconds.
     """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            parsed = list(records(path))
+        except Exception:  # a chunk still being written: read again
+            parsed = []
+        if any(r.WhichOneof("record_type") == "exit" for r in parsed):
+            break
+        assert time.monotonic() < deadline, f"{path} has no exit record after {timeout_s} s"
+        time.sleep(0.25)
     summary, config, history = {}, {}, {}
-    for record in records(path):
+    for record in parsed:
         kind = record.WhichOneof("record_type")
         if kind == "history":
             for item in record.history.item:
