@@ -70,7 +70,7 @@ def _compose(overrides: list[str], conf_dir: str) -> None:
 
 def _explained(e: Exception, overrides: list[str]) -> str:
     text = str(e)
-    if "Could not override" in text and "is not in struct" in text:
+    if text.startswith("Could not override '") and "To append to your config use +" in text:
         key = text.split("'", 2)[1]
         given = next((o for o in overrides if o.split("=", 1)[0] == key), key)
         node, _, name = key.rpartition(".")

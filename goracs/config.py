@@ -38,7 +38,8 @@ def check_options(target: Callable, node: Mapping[str, Any], name: str, *, parti
     unknown = sorted(given - set(named))
     if unknown:
         keys = ", ".join(f"{name}.{k}" for k in unknown)
-        raise ConfigError(f"{keys}: unknown option{'s' if len(unknown) > 1 else ''}; expected one of {sorted(named)}")
+        expected = f"expected one of {sorted(named)}" if named else f"{_qualname(target)} takes no options"
+        raise ConfigError(f"{keys}: unknown option{'s' if len(unknown) > 1 else ''}; {expected}")
     missing = [] if partial else [n for n in named if params[n].default is params[n].empty and n not in given]
     if missing:
         keys = ", ".join(f"{name}.{k}" for k in missing)

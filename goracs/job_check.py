@@ -20,6 +20,7 @@ kept here:
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -174,7 +175,8 @@ def _check_selection(node: dict, method: str | None, task: Any, given: set[str],
                               "class (CTR only); expected auto or false")
         for key, what in CLASS_ONLY.items():
             if key in given:
-                raise ConfigError(f"{key}={node.get(key.split('.', 1)[1])}: {what}, CTR only; task={task.name} has "
+                value = json.dumps(node.get(key.split(".", 1)[1]))
+                raise ConfigError(f"{key}={value}: {what}, CTR only; task={task.name} has "
                                   "no answer classes and would ignore it")
 
 
