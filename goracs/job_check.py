@@ -55,6 +55,7 @@ def check_job(cfg: DictConfig, *, overrides: Sequence[str] = (), method: str | N
         job = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
         raise ConfigError(" ".join(f"{getattr(e, 'full_key', '')}: {e}".split())) from None
+    job.pop("hydra", None)  # a config composed with return_hydra_config (tests, the compose API) carries Hydra's node
     _check_top(job)
     task = _check_task(job["task"])
     _check_data(job["data"])
@@ -71,7 +72,7 @@ def check_job(cfg: DictConfig, *, overrides: Sequence[str] = (), method: str | N
 
 
 def _check_missing(cfg: DictConfig) -> None:
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra."))  # Hydra's own: not ours
     if missing:
         raise ConfigError(f"{missing[0]}=???: a required option has no value; give it on the command line "
                           f"({missing[0]}=...)" + (f"; also missing: {', '.join(missing[1:])}" if missing[1:] else ""))
