@@ -6,7 +6,9 @@ default must be given. :func:`build` instantiates such a node, and :func:`constr
 mapping (tests, library use, a nested node). Both check the keys against the signature before the constructor runs,
 so an unknown or a missing key is a :class:`~goracs.errors.ConfigError` that names it
 (``features.projection_dim: unknown option; expected one of [...]``) rather than a ``TypeError`` from deep inside
-Hydra. Values are the constructor's to check (the frozen dataclasses' ``__post_init__``), naming key and value.
+Hydra, and so is a value of the wrong type for the parameter's annotation (:mod:`goracs.option_types`:
+``trainer.lr='abc': expected a number``). Ranges and choices are the constructor's to check (the frozen
+dataclasses' ``__post_init__``), naming key and value.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import inspect
 from typing import Any, Callable, Mapping
 
 from goracs.errors import ConfigError, UserError
+from goracs.option_types import check_types
 
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})  # instantiate's own keys
 
@@ -35,7 +38,8 @@ def check_options(target: Callable, node: Mapping[str, Any], name: str, *, parti
     unknown = sorted(given - set(named))
     if unknown:
         keys = ", ".join(f"{name}.{k}" for k in unknown)
-        raise ConfigError(f"{keys}: unknown option{'s' if len(unknown) > 1 else ''}; expected one of {sorted(named)}")
+        expected = f"expected one of {sorted(named)}" if named else f"{_qualname(target)} takes no options"
+        raise ConfigError(f"{keys}: unknown option{'s' if len(unknown) > 1 else ''}; {expected}")
     missing = [] if partial else [n for n in named if params[n].default is params[n].empty and n not in given]
     if missing:
         keys = ", ".join(f"{name}.{k}" for k in missing)
@@ -46,6 +50,7 @@ def construct(cls: Callable, node: Mapping[str, Any] | None, name: str) -> Any:
     """``cls(**node)`` (Hydra keys dropped), its keys checked first (:func:`check_options`)."""
     node = options(node or {})
     check_options(cls, node, name)
+    check_types(cls, node, name)
     return cls(**node)
 
 
@@ -61,7 +66,9 @@ def build(node: Mapping[str, Any], name: str) -> Any:
         node = OmegaConf.to_container(node, resolve=True)
     if not isinstance(node, Mapping) or "_target_" not in node:
         raise ConfigError(f"{name} must be a node with a _target_ (the class its keys configure), got {node!r}")
-    check_options(get_object(node["_target_"]), node, name, partial=bool(node.get("_partial_", False)))
+    target = get_object(node["_target_"])
+    check_options(target, node, name, partial=bool(node.get("_partial_", False)))
+    check_types(target, options(node), name)
     try:
         return instantiate(dict(node), _recursive_=False, _convert_="all")
     except InstantiationException as err:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import hydra
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
@@ -21,8 +22,12 @@ from goracs.cache import config_key
 from goracs.config import build
 from goracs.config_dir import CONF_DIR  # Hydra's config_path: the checkout's conf/ or the wheel's copy
 from goracs.data import prepare_samples, sample_stats
-from goracs.errors import ConfigError, UserError, integer_option
+from goracs.command_line import check_command_line
+from goracs.errors import UserError
 from goracs.evaluation.records import FILENAME, write_records
+from goracs.job_check import check_job
+from goracs.job_devices import pin_job_device
+from goracs.ranks import hand_over, process_rank, runs_several_processes, take_over
 from goracs.run_record import RunRecord, selection_metrics, sweep_objective
 from goracs.selection import build_pool
 from goracs.selection.cache import cached_select
@@ -31,17 +36,33 @@ from goracs.sweep_summary import write_outcome
 log = logging.getLogger("goracs.run")
 
 
+def main() -> None:
+    """Console entry (``goracs-run``). The command line's overrides are composed first
+    (:func:`goracs.command_line.check_command_line`): one Hydra cannot compose ends with one line and exit status 2;
+    then Hydra runs :func:`job` (once, or per sweep job)."""
+    try:
+        check_command_line(sys.argv[1:], CONF_DIR)
+    except UserError as e:
+        print(f"goracs-run: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    job()
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
-    """Console entry. A :class:`~goracs.errors.UserError` (a mistake in the config or inputs) ends a single run with
+def job(cfg: DictConfig) -> float | None:
+    """One job. A :class:`~goracs.errors.UserError` (a mistake in the config or inputs) ends a single run with
     a one-paragraph message and exit status 2; any other exception keeps its traceback. In a multirun a failed job
     is logged (with its traceback unless a user error) and the sweep goes on; ``goracs.sweep_summary`` then prints
     every job's outcome and exits 1 when one failed."""
     hc = HydraConfig.get()
     multirun, job_dir = hc.mode == RunMode.MULTIRUN, hc.runtime.output_dir
+    # Jobs side by side (joblib launcher): this job's process gets its own GPU, before torch touches CUDA.
+    pin_job_device(hc, OmegaConf.select(cfg, "trainer.lightning.devices", default=1))
     task = get_class(cfg.task._target_)  # its objective and direction (class attributes): what the sweeper gets
     try:
         metrics = run(cfg)
+        if "rank" in metrics:
+            return None  # a rank > 0 of a multi-process fit: rank 0 reports the job
     except Exception as e:
         if not multirun:
             if isinstance(e, UserError):
@@ -61,11 +82,9 @@ def run(cfg: DictConfig) -> dict:
     """Run one job and return its metrics.json content (also written to the job folder); with ``skipped: True``
     added when ``resume`` found the job already done."""
     hc = HydraConfig.get()
-    for key, expected in (("budget", "an integer number of samples"), ("seed", "an integer seed"),
-                          ("data_seed", "an integer seed")):
-        integer_option(cfg[key], key, expected)
-    if cfg.stage not in ("data", "select", "all"):
-        raise ConfigError(f"stage={cfg.stage}: expected data, select or all")
+    # Every option, before any stage: a typo costs milliseconds, not the features and the fit before it.
+    check_job(cfg, overrides=list(hc.overrides.task), method=hc.runtime.choices.get("selection"),
+              multirun=hc.mode == RunMode.MULTIRUN)
     arithmetic = {}  # dtype auto -> the dtype it means on this machine, before the job's key is taken
     if cfg.stage != "data":
         from goracs.models.arithmetic import settle_dtypes  # imports torch: not for stage=data
@@ -74,6 +93,9 @@ def run(cfg: DictConfig) -> dict:
     job = OmegaConf.to_container(cfg, resolve=True)  # the resolved config; its nodes go to the stages as plain dicts
     # The task's keys without its class: the caches hash the keys (a task is named by its name), as before.
     job["task"] = {k: v for k, v in job["task"].items() if k != "_target_"}
+    rank = process_rank()
+    if rank != 0:  # a rank that the fit's launcher re-executed: it joins rank 0's fit and writes nothing
+        return _join_fit(cfg, job, rank)
     identity = {"data": cfg.data.name, "task": cfg.task.name, "model": cfg.model.name,
                 "selection": hc.runtime.choices.get("selection"), "budget": int(cfg.budget), "seed": int(cfg.seed),
                 "experiment": cfg.experiment_name}
@@ -132,6 +154,8 @@ def _stages(cfg: DictConfig, job: dict, record: RunRecord, loggers: list) -> dic
 
     from goracs.models.coreset_training import train_on_coreset
 
+    if runs_several_processes(trainer.lightning):  # the other ranks, re-executed by the fit, train on these rows
+        hand_over(out_dir, record.data["config_key"], result.indices)
     t0 = time.perf_counter()
     backbone = instantiate(cfg.model.backbone)
     model, tokenizer, fit = train_on_coreset(
@@ -150,6 +174,28 @@ def _stages(cfg: DictConfig, job: dict, record: RunRecord, loggers: list) -> dic
     tracking.log_results(loggers, {**test_metrics, **timings})
     return record.done(f"{cfg.data.name} / {cfg.task.name} / {cfg.model.name} / {method} / budget {cfg.budget} "
                        f"/ seed {cfg.seed}", {**test_metrics, **timings})
+
+
+def _join_fit(cfg: DictConfig, job: dict, rank: int) -> dict:
+    """Rank ``rank`` > 0 of a multi-process fit (:mod:`goracs.ranks`): the samples from the cache rank 0 filled,
+    the selection rank 0 handed over, then the fit, in rank 0's process group. Rank 0 owns every output (exports,
+    adapter, evaluation, ``metrics.json``); this rank writes none of them and returns ``{"rank": rank}``."""
+    from goracs.models.coreset_training import train_on_coreset
+    from goracs.run_record import job_key
+
+    out_dir, cache_dir = Path(cfg.paths.output_dir), Path(cfg.paths.cache_dir)
+    log.info("rank %d: joining rank 0's fit in %s (rank 0 owns data, features, selection and the outputs)", rank,
+             out_dir)
+    task = build(cfg.task, "task")
+    samples = prepare_samples(data=job["data"], task=task, seed=int(cfg.data_seed), cache_dir=cache_dir)
+    indices = np.asarray(take_over(out_dir, job_key(job)), dtype=np.int64)
+    train_on_coreset(
+        instantiate(cfg.model.backbone), samples, indices, lora=instantiate(cfg.model.lora),
+        lora_init=cfg.model.lora_init, lora_seed=int(cfg.features.lora_seed), task=task,
+        faithful=task.faithful_prompts, trainer=build(job["trainer"], "trainer"), loggers=None, out_dir=out_dir,
+        seed=int(cfg.seed), resume=bool(cfg.resume), owner=False)
+    log.info("rank %d: fit done; rank 0 saves the adapter and evaluates", rank)
+    return {"rank": rank}
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def test_ctr_on_dealrec_is_refused(shared_data):
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"valid_sise": 0.1}, r"unknown data option\(s\) \['valid_sise'\]"),
+    ({"valid_sise": 0.1}, r"data\.valid_sise: unknown data option; expected one of"),
     ({"valid_size": 1.5}, r"data\.valid_size=1\.5; expected a sample count"),
     ({"valid_size": 50_000, "test_size": 50_000}, r"leaving none for training"),
     ({"domain": "books"}, r"data\.domain='books' is unknown"),

@@ -23,14 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 # component -> (layer, module prefixes); a module belongs to the component of its longest matching prefix.
 COMPONENTS: dict[str, tuple[int, tuple[str, ...]]] = {
     "foundation": (0, ("goracs", "goracs.errors", "goracs.config_dir", "goracs.config", "goracs.cache",
-                       "goracs.task_protocol")),
+                       "goracs.task_protocol", "goracs.option_types")),
     "data": (1, ("goracs.data",)),
     "models": (2, ("goracs.models", "goracs.exports")),
     "features": (3, ("goracs.features",)),
     "evaluation": (3, ("goracs.evaluation",)),
     "selection": (4, ("goracs.selection",)),
     "tasks": (5, ("goracs.tasks",)),
-    "run": (6, ("goracs.run", "goracs.run_record", "goracs.sweep_summary", "goracs.tracking")),
+    "run": (6, ("goracs.run", "goracs.run_record", "goracs.sweep_summary", "goracs.tracking", "goracs.job_check",
+                "goracs.command_line", "goracs.ranks", "goracs.job_devices")),
     "report": (6, ("goracs.report",)),
 }
 

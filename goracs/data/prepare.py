@@ -12,6 +12,8 @@ from goracs.cache import DiskCache, config_key
 from goracs.data.samples import SampleOptions, Samples, build_samples, validate_options
 from goracs.data.store import read_samples, write_samples
 from goracs.data.tables import clean_tables
+from goracs.errors import ConfigError
+from goracs.option_types import check_types
 from goracs.task_protocol import Task
 
 log = logging.getLogger(__name__)
@@ -31,17 +33,10 @@ def prepare_samples(data: dict[str, Any], task: Task, seed: int,
     it) matter here. The result is cached under ``cache_dir/samples/<key>.jsonl.gz``, the key
     hashing ``data``, those three task keys and ``seed`` (``cache_dir=None`` disables the cache).
     """
-    unknown = set(data) - _TABLE_KEYS - _OPTION_KEYS
-    if unknown:
-        raise ValueError(f"unknown data option(s) {sorted(unknown)}; known: {sorted(_TABLE_KEYS | _OPTION_KEYS)}")
-    for required in ("name", "domain", "source"):
-        if required not in data:
-            raise ValueError(f"data.{required} is missing from the data config")
+    options = check_data_options(data)
     task_name, faithful, like_threshold = task.name, bool(task.faithful_prompts), float(task.like_threshold)
     spec = {"data": data, "task": {"name": task_name, "faithful_prompts": faithful, "like_threshold": like_threshold},
             "seed": int(seed)}
-    options = SampleOptions(**{k: v for k, v in data.items() if k in _OPTION_KEYS})
-    validate_options(options, domain=data["domain"])
     cache = DiskCache(cache_dir) if cache_dir is not None else None
     key = config_key(spec)
     if cache is not None and (hit := cache.lookup("samples", key, "jsonl.gz")) is not None:
@@ -60,6 +55,33 @@ def prepare_samples(data: dict[str, Any], task: Task, seed: int,
         path = cache.store("samples", key, "jsonl.gz", lambda p: write_samples(samples, p), spec=spec)
         log.info("samples cached at %s", path)
     return samples
+
+
+def check_data_options(data: dict[str, Any]) -> SampleOptions:
+    """The ``data`` node's keys, types and values, checked without reading a file (``goracs-run`` calls it before
+    any stage; :func:`prepare_samples` again); returns its :class:`SampleOptions`. A mistake is a
+    :class:`~goracs.errors.ConfigError` naming the key (``data.max_train=0; expected a positive sample count``)."""
+    unknown = set(data) - _TABLE_KEYS - _OPTION_KEYS
+    if unknown:
+        raise ConfigError(f"{', '.join(f'data.{k}' for k in sorted(unknown))}: unknown data option"
+                          f"{'s' if len(unknown) > 1 else ''}; expected one of {sorted(_TABLE_KEYS | _OPTION_KEYS)}")
+    for required in ("name", "domain", "source"):
+        if required not in data:
+            raise ConfigError(f"data.{required} is missing from the data config")
+    check_types(_table_options, {k: v for k, v in data.items() if k in _TABLE_KEYS - {"source"}}, "data")
+    values = {k: v for k, v in data.items() if k in _OPTION_KEYS}
+    check_types(SampleOptions, values, "data")
+    options = SampleOptions(**values)
+    try:
+        validate_options(options, domain=data["domain"])
+    except ValueError as e:  # the checks name the key (data.domain=..., data.max_train=...)
+        raise ConfigError(str(e)) from None
+    return options
+
+
+def _table_options(name: str, domain: str, min_title_len: int = 1, append_brand: bool = False) -> None:
+    """The table-level keys of ``data`` (besides ``source``) and their types: the schema :func:`check_data_options`
+    holds them to (``clean_tables`` and the prompts read them)."""
 
 
 def _instantiate(node: dict[str, Any]):

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from goracs.cache import DiskCache, config_key
 from goracs.data.instructions import seqrec_response
+from goracs.errors import ConfigError
 from goracs.evaluation.grounding import (catalogue_positions, clean_text, embed_texts, generate, ground_ranks,
                                          title_groups)
 from goracs.evaluation.likelihood import candidate_scores, likelihood_rank, response_losses
@@ -41,6 +42,32 @@ class Evaluation:
 
     metrics: dict[str, float]
     records: pd.DataFrame
+
+
+def check_eval_options(options: dict) -> None:
+    """The ``eval`` node's values (its keys and types are checked against :func:`evaluate`'s signature by
+    :func:`goracs.config.build`): ``goracs-run`` calls this before any stage, so that a typo in an evaluation option
+    fails before features, selection and fine-tuning have run. A :class:`~goracs.errors.ConfigError` names the key."""
+    def count(key: str, least: int = 1) -> None:
+        value = options.get(key)
+        if key in options and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ConfigError(f"eval.{key}={value!r}: expected an integer >= {least}")
+
+    for key in ("num_beams", "max_new_tokens", "batch_size", "embed_batch_size", "candidate_batch_size", "cutoff_len"):
+        count(key)
+    ranking = options.get("ranking", "grounding")
+    if ranking not in RANKINGS:
+        raise ConfigError(f"eval.ranking={ranking!r}: expected one of {list(RANKINGS)}")
+    if options.get("ranking_rows") is not None:
+        count("ranking_rows")
+    topk = options.get("topk")
+    if "topk" in options and (not isinstance(topk, (list, tuple)) or not topk
+                              or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in topk)):
+        raise ConfigError(f"eval.topk={topk!r}: expected a non-empty list of cut-offs >= 1, e.g. [5, 10]")
+    device = options.get("device")
+    if device is not None and not (device in ("cpu", "cuda") or str(device).startswith("cuda:")):
+        raise ConfigError(f"eval.device={device!r}: expected null (CUDA when available, else CPU), cpu, cuda or "
+                          "cuda:<index>")
 
 
 def evaluate(model, tokenizer, test: pd.DataFrame, items: pd.DataFrame, *, task: Task, faithful: bool,

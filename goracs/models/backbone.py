@@ -146,12 +146,18 @@ class TinyLlamaBackbone:
 
 
 class HFBackbone(_ResolvedDtype):
-    """Any causal LM by hub id or local path (offline: the files must already be on disk or in the HF cache)."""
+    """Any causal LM by hub id or local path (offline: the files must already be on disk or in the HF cache).
+
+    ``load_in_8bit`` (bitsandbytes, CUDA) loads the weights in int8 and prepares the model for LoRA training the way
+    PEFT documents it (:func:`prepare_for_training`); ``gradient_checkpointing`` trades compute for activation memory
+    (official alpaca-lora: on, through ``prepare_model_for_int8_training``). Neither changes a value: ``spec()``
+    leaves them out, except ``8bit``, whose int8 weights do change the values."""
 
     def __init__(self, name_or_path: str, dtype: str = "auto", load_in_8bit: bool = False,
-                 revision: str | None = None):
+                 revision: str | None = None, gradient_checkpointing: bool = False):
         check_dtype(dtype, "model.backbone.dtype")
         self.name_or_path, self.dtype, self.load_in_8bit, self.revision = name_or_path, dtype, load_in_8bit, revision
+        self.gradient_checkpointing = gradient_checkpointing
 
     def spec(self) -> dict:
         return {"backbone": self.name_or_path, "dtype": self.effective_dtype, "8bit": self.load_in_8bit,
@@ -176,7 +182,28 @@ class HFBackbone(_ResolvedDtype):
             raise InputNotFound(
                 f"model.name_or_path={self.name_or_path!r} could not be loaded offline ({e}); give a local folder "
                 "or pre-populate the Hugging Face cache") from e
+        model = prepare_for_training(model, quantized=self.load_in_8bit,
+                                     gradient_checkpointing=self.gradient_checkpointing)
         return _contiguous_head(model), _left_padded(tokenizer)
+
+
+def prepare_for_training(model: PreTrainedModel, *, quantized: bool, gradient_checkpointing: bool) -> PreTrainedModel:
+    """Ready a base model for LoRA training. A k-bit base goes through PEFT's ``prepare_model_for_kbit_training``
+    (the documented recipe, the successor of the official code's ``prepare_model_for_int8_training``): every base
+    parameter frozen, the non-quantised ones (norms, LM head) cast to float32 for stable training, the input
+    embeddings' output made to require grad, and gradient checkpointing on when asked. A full-precision base only
+    gets gradient checkpointing, when asked (non-reentrant, with input grads on so that checkpointed blocks behind
+    the frozen embeddings still pass gradients to the LoRA weights)."""
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:

@@ -25,12 +25,14 @@ log = logging.getLogger(__name__)
 
 def train_on_coreset(backbone: Any, samples: Any, indices: np.ndarray, *, lora: Any, lora_init: str | None,
                      lora_seed: int, task: Task, faithful: bool, trainer: TrainerConfig | Mapping[str, Any],
-                     loggers: list | None, out_dir: Path, seed: int, resume: bool) -> tuple[Any, Any, dict[str, Any]]:
+                     loggers: list | None, out_dir: Path, seed: int, resume: bool,
+                     owner: bool = True) -> tuple[Any, Any, dict[str, Any]]:
     """Fine-tune a fresh copy of ``backbone`` + LoRA on rows ``indices`` of ``samples.train`` (validated on
     ``samples.valid``) for ``task`` (a :class:`goracs.task_protocol.Task`), save the adapter to ``out_dir/adapter``
     (a PEFT folder); return ``(model, tokenizer, metrics)`` with ``train/best_val_loss``, ``train/epochs``,
     ``train/steps`` and, after training, ``train/resumed``. ``seed`` seeds everything (Lightning) and the coreset's order; a killed
-    job resumes from its last checkpoint in ``out_dir`` when ``resume``."""
+    job resumes from its last checkpoint in ``out_dir`` when ``resume``. ``owner=False``: a rank > 0 of a
+    multi-process fit (:mod:`goracs.ranks`), which trains but leaves the adapter to rank 0."""
     lightning.seed_everything(seed, workers=True, verbose=False)
     model, tokenizer = _with_initial_adapter(backbone, samples, lora, lora_init, lora_seed)
     if not len(indices):
@@ -43,6 +45,8 @@ def train_on_coreset(backbone: Any, samples: Any, indices: np.ndarray, *, lora: 
                     logger=loggers or None, out_dir=out_dir, seed=seed, resume=resume)
     metrics = {"train/best_val_loss": fit.best_val_loss, "train/epochs": fit.epochs, "train/steps": fit.steps,
                "train/resumed": fit.resumed_from is not None}
+    if not owner:
+        return model, tokenizer, metrics
     if _sharded(trainer) and fit.ckpt is not None:
         # FSDP wrapped the decoder layers in place: evaluate a fresh model carrying the best adapter.
         model = _fresh_with_adapter(backbone, samples, lora, lora_init, lora_seed, task, fit.ckpt)

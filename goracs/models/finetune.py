@@ -59,8 +59,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from torch.utils.data import DataLoader
 
-from goracs.config import construct
+from goracs.config import HYDRA_KEYS, check_options, construct
 from goracs.errors import ConfigError
+from goracs.option_types import check_types
 from goracs.models.datamodule import RecDataModule
 from goracs.models.module import LoraRecModule
 from goracs.task_protocol import Task
@@ -93,11 +94,59 @@ class TrainerConfig:
                               "kwargs")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
             raise ConfigError(f"trainer.patience={self.patience!r}: expected >= 1 validation checks")
+        if not _number(self.lr) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ConfigError(f"trainer.lr={self.lr!r}: expected a positive learning rate (e.g. 1e-4)")
+        if not _number(self.weight_decay) or not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise ConfigError(f"trainer.weight_decay={self.weight_decay!r}: expected a number >= 0")
+        if not _count(self.warmup_steps, 0):
+            raise ConfigError(f"trainer.warmup_steps={self.warmup_steps!r}: expected an integer >= 0 optimiser steps")
+        for key in ("batch_size", "eval_batch_size", "cutoff_len"):
+            if not _count(getattr(self, key), 1):
+                raise ConfigError(f"trainer.{key}={getattr(self, key)!r}: expected a positive integer")
+        if not isinstance(self.train_on_inputs, bool):
+            raise ConfigError(f"trainer.train_on_inputs={self.train_on_inputs!r}: expected true or false")
+        check_lightning(self.lightning)
 
     @classmethod
     def of(cls, trainer: "TrainerConfig | Mapping[str, Any]") -> "TrainerConfig":
         """``trainer`` itself, or the config its mapping describes (a ``_target_`` key is ignored)."""
         return trainer if isinstance(trainer, cls) else construct(cls, trainer, "trainer")
+
+
+def check_lightning(node: Mapping[str, Any]) -> None:
+    """The ``trainer.lightning`` node against ``lightning.pytorch.Trainer``'s signature (unknown keys, value types)
+    and the ranges a fit needs: ``max_epochs`` a positive number (-1, Lightning's "forever", is refused: without
+    validation nothing would stop it), ``accumulate_grad_batches`` >= 1, ``devices`` a positive count, a list of
+    device ids, or ``auto``; ``strategy`` a registered Lightning strategy name (or a ``_target_`` node)."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    options_ = {k: v for k, v in node.items() if k not in HYDRA_KEYS}
+    check_options(pl.Trainer, options_, "trainer.lightning")
+    check_types(pl.Trainer, options_, "trainer.lightning")
+    epochs = options_.get("max_epochs")
+    if epochs is not None and not _count(epochs, 1):
+        raise ConfigError(f"trainer.lightning.max_epochs={epochs}: expected a positive number of epochs (the upper "
+                          "bound; early stopping may end sooner)")
+    accumulate = options_.get("accumulate_grad_batches", 1)
+    if not _count(accumulate, 1):
+        raise ConfigError(f"trainer.lightning.accumulate_grad_batches={accumulate}: expected an integer >= 1")
+    devices = options_.get("devices", "auto")
+    if not (devices == "auto" or _count(devices, 1) or devices == -1
+            or (isinstance(devices, list) and devices and all(_count(d, 0) for d in devices))):
+        raise ConfigError(f"trainer.lightning.devices={devices!r}: expected a positive number of devices, a list of "
+                          "device ids, -1 (all) or auto")
+    strategy = options_.get("strategy", "auto")
+    if isinstance(strategy, str) and strategy != "auto" and strategy not in StrategyRegistry.available_strategies():
+        names = ["auto", *sorted(s for s in StrategyRegistry.available_strategies() if "_find_unused" not in s)]
+        raise ConfigError(f"trainer.lightning.strategy={strategy!r}: expected one of {names}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _count(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 @dataclass(frozen=True)

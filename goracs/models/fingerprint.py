@@ -35,12 +35,15 @@ def lora_spec(lora: Any) -> Any:
 
 def adapter_digest(lora_init: str | None) -> str | None:
     """SHA-256 over the names and contents of the adapter files in ``lora_init`` (a folder); None without one.
-    A value that is not a folder (a hub id served from the offline cache) is kept as given."""
+    A hub id is hashed by the files of its snapshot in the local hub cache (:func:`goracs.models.lora.resolve_adapter`),
+    so a folder and the same adapter by id share their caches."""
     if not lora_init:
         return None
     folder = Path(lora_init).expanduser()
     if not folder.is_dir():
-        return f"id:{lora_init}"
+        from goracs.models.lora import resolve_adapter  # peft and torch: only when an adapter is given
+
+        folder = resolve_adapter(lora_init)
     files = [folder / name for name in ADAPTER_FILES if (folder / name).is_file()]
     if not files:
         raise InputNotFound(f"model.lora_init={lora_init!r}: the folder holds none of {list(ADAPTER_FILES)}")
