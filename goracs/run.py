@@ -152,16 +152,11 @@ def _stages(cfg: DictConfig, job: dict, record: RunRecord, loggers: list) -> dic
         summary = {**{f"select/{k}": v for k, v in result.stats.items()}, "n_selected": len(result.indices)}
         return record.done(f"selection {method}, budget {cfg.budget}", summary)
 
-    from goracs.models.coreset_training import train_on_coreset
-
     if runs_several_processes(trainer.lightning):  # the other ranks, re-executed by the fit, train on these rows
         hand_over(out_dir, record.data["config_key"], result.indices)
     t0 = time.perf_counter()
     backbone = instantiate(cfg.model.backbone)
-    model, tokenizer, fit = train_on_coreset(
-        backbone, samples, result.indices, lora=instantiate(cfg.model.lora), lora_init=cfg.model.lora_init,
-        lora_seed=int(cfg.features.lora_seed), task=task, faithful=task.faithful_prompts,
-        trainer=trainer, loggers=loggers, out_dir=out_dir, seed=int(cfg.seed), resume=bool(cfg.resume))
+    model, tokenizer, fit = _fit(cfg, backbone, samples, result.indices, task, trainer, loggers)
     t1 = time.perf_counter()
     evaluation = evaluate(model, tokenizer, samples.test, samples.items, task=task,
                           faithful=task.faithful_prompts, cache_dir=cfg.paths.cache_dir,
@@ -180,7 +175,6 @@ def _join_fit(cfg: DictConfig, job: dict, rank: int) -> dict:
     """Rank ``rank`` > 0 of a multi-process fit (:mod:`goracs.ranks`): the samples from the cache rank 0 filled,
     the selection rank 0 handed over, then the fit, in rank 0's process group. Rank 0 owns every output (exports,
     adapter, evaluation, ``metrics.json``); this rank writes none of them and returns ``{"rank": rank}``."""
-    from goracs.models.coreset_training import train_on_coreset
     from goracs.run_record import job_key
 
     out_dir, cache_dir = Path(cfg.paths.output_dir), Path(cfg.paths.cache_dir)
@@ -189,13 +183,22 @@ def _join_fit(cfg: DictConfig, job: dict, rank: int) -> dict:
     task = build(cfg.task, "task")
     samples = prepare_samples(data=job["data"], task=task, seed=int(cfg.data_seed), cache_dir=cache_dir)
     indices = np.asarray(take_over(out_dir, job_key(job)), dtype=np.int64)
-    train_on_coreset(
-        instantiate(cfg.model.backbone), samples, indices, lora=instantiate(cfg.model.lora),
-        lora_init=cfg.model.lora_init, lora_seed=int(cfg.features.lora_seed), task=task,
-        faithful=task.faithful_prompts, trainer=build(job["trainer"], "trainer"), loggers=None, out_dir=out_dir,
-        seed=int(cfg.seed), resume=bool(cfg.resume), owner=False)
+    _fit(cfg, instantiate(cfg.model.backbone), samples, indices, task, build(job["trainer"], "trainer"), None,
+         owner=False)
     log.info("rank %d: fit done; rank 0 saves the adapter and evaluates", rank)
     return {"rank": rank}
+
+
+def _fit(cfg: DictConfig, backbone, samples, indices, task, trainer, loggers: list | None, owner: bool = True):
+    """:func:`goracs.models.coreset_training.train_on_coreset` with the job's LoRA, adapter start, seeds, output
+    folder and resume option: the one fit that rank 0 (``owner``) and the other ranks of a multi-process fit run."""
+    from goracs.models.coreset_training import train_on_coreset
+
+    return train_on_coreset(
+        backbone, samples, indices, lora=instantiate(cfg.model.lora), lora_init=cfg.model.lora_init,
+        lora_seed=int(cfg.features.lora_seed), task=task, faithful=task.faithful_prompts, trainer=trainer,
+        loggers=loggers, out_dir=Path(cfg.paths.output_dir), seed=int(cfg.seed), resume=bool(cfg.resume),
+        owner=owner)
 
 
 if __name__ == "__main__":
