@@ -25,6 +25,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GORACS_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True)
+def _intra_op_threads_handed_back():
+    """Code that changes torch's intra-op thread count must give it back: a count left raised makes every later
+    matmul of the process (a test worker, a user's notebook) compete with its neighbours for the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    after = torch.get_num_threads()
+    if after != before:
+        torch.set_num_threads(before)
+        pytest.fail(f"torch's intra-op threads were left at {after} (was {before})")
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

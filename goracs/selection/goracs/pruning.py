@@ -75,7 +75,12 @@ def _official_outer(cost: torch.Tensor, v: torch.Tensor, outside: np.ndarray, r:
     if cost.device.type != "cpu" or len(outside) <= cut_num:
         scores = _official_scores(cost, v, r, n, chunk_size).cpu().numpy()
         return outside[np.argsort(scores[outside], kind="stable")[:cut_num]]
+    threads = torch.get_num_threads()  # the caller's thread budget (OMP_NUM_THREADS, a cluster slot's cores)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     approx = official_f64(cost.numpy(), v.numpy(), r, n)[outside]
+    # numba's OpenMP layer resets the process's shared OpenMP pool to every core on its first launch: give torch its
+    # count back, or every later matmul of the process oversubscribes the cores.
+    torch.set_num_threads(threads)
     cut = np.partition(approx, cut_num - 1)[cut_num - 1]
     candidates = outside[approx <= cut + OFFICIAL_MARGIN]
     index = torch.as_tensor(candidates, dtype=torch.long)
