@@ -8,7 +8,7 @@ import numpy as np
 import ot
 import pytest
 import torch
-from scipy.optimize import linprog
+from scipy.optimize import linear_sum_assignment, linprog
 
 from goracs.selection import ArrayFeatures, Pool
 from goracs.selection.goracs import GoracsSelector
@@ -28,6 +28,23 @@ def poo(cost: np.ndarray, rows) -> float:
     rows = list(rows)
     n, m = len(rows), cost.shape[1]
     return float(ot.emd2(np.full(n, 1 / n), np.full(m, 1 / m), cost[rows].astype(np.float64)))
+
+
+def poo_of_every_subset(cost: np.ndarray, n: int) -> dict[tuple, float]:
+    """The uniform-mass POO of every n-row subset. With M a multiple of n each row carries the mass of M/n columns,
+    and the transport polytope's vertices are integral, so the OT is the min-cost assignment of the M columns to M/n
+    copies of each row (scipy's Hungarian solver, ~6x faster than POT here); a few subsets are checked against POT."""
+    m = cost.shape[1]
+    assert m % n == 0
+    c64 = cost.astype(np.float64)
+    values = {}
+    for s in itertools.combinations(range(len(cost)), n):
+        block = c64[np.repeat(s, m // n)]
+        r, c = linear_sum_assignment(block)
+        values[s] = float(block[r, c].sum()) / m
+    for s in list(values)[:: max(1, len(values) // 5)]:
+        assert values[s] == pytest.approx(poo(cost, s), abs=1e-12)
+    return values
 
 
 def clustered(seed: int, n_rows: int = 16, n_cols: int = 12, k: int = 3) -> np.ndarray:
@@ -118,7 +135,7 @@ def test_fill_against_the_exhaustive_optimum():
         index = initial(t, n, "index", 5)
         prefix = prefix_of(cost, n)
         assert filled[: len(prefix)] == prefix and len(set(filled)) == n
-        values = {s: poo(cost, s) for s in itertools.combinations(range(len(cost)), n)}
+        values = poo_of_every_subset(cost, n)
         optimum = min(values.values())
         completion = min(v for s, v in values.items() if set(prefix) <= set(s))
         gap_ot.append(poo(cost, filled) / optimum - 1)
@@ -128,7 +145,7 @@ def test_fill_against_the_exhaustive_optimum():
     print(f"\n{len(gap_ot)} saturated instances: mean gap to the optimum ot {np.mean(gap_ot):.3f} "
           f"(max {np.max(gap_ot):.3f}), index {np.mean(gap_index):.3f}; to the best completion of the greedy prefix "
           f"ot {np.mean(gap_completion):.3f}, exact in {np.mean(np.asarray(gap_completion) < 1e-9):.0%}")
-    # Measured: mean gap to the optimum ot 0.117 vs index 0.706; to the best completion 0.025, exact in 71%.
+    # Measured (14 instances): mean gap to the optimum ot 0.123 vs index 0.706; to the best completion 0.031, exact in 71%.
     assert np.mean(gap_ot) < 0.5 * np.mean(gap_index)
     assert np.mean(gap_completion) < 0.05 and np.median(gap_completion) < 1e-9
 
