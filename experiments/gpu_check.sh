@@ -34,8 +34,10 @@ PY=${PY:-.venv/bin/python}
 RUN=${RUN:-.venv/bin/goracs-run}
 OUT=${GPU_CHECK_OUT:-outputs/gpu_check/$(date +%Y%m%d-%H%M%S)}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled
-# A small SmolLM2 SeqRec job: 200 train / 50 valid / 50 test samples, GORACS at budget 64, 2 epochs.
+# A small SmolLM2 SeqRec job: 200 train / 50 valid / 50 test samples (pinned: the CPU default is smaller), GORACS at
+# budget 64, 2 epochs.
 JOB=(model=smollm2 data=ml100k task=seqrec selection=goracs budget=64 logger=none
+     data.max_train=200 data.max_valid=50 data.max_test=50
      trainer.lightning.max_epochs=2 trainer.lightning.accumulate_grad_batches=1 eval.ranking_rows=20
      "paths.cache_dir=$OUT/cache")
 
