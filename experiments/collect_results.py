@@ -12,8 +12,9 @@ job folder is re-created under ``DEST`` with the same relative path, holding
 Nothing else is copied: no adapters, checkpoints, caches, exports or W&B files. ``DEST/manifest.json`` records the
 git sha (and whether the tree was dirty), the exact ``--command`` lines (repeatable, in order), the machine (CPU
 model, ``torch.backends.cpu.get_cpu_capability()``, logical cores, RAM, OS, Python), the UTC date, the job count by
-status and every copied file with its size and SHA-256. The sweep's ``multirun.yaml`` (Hydra's record of the sweep)
-is copied when present. An existing non-empty ``DEST`` is refused unless ``--force`` (then it is replaced).
+status and every copied file with its size and SHA-256. The sweep's own records are copied when present:
+``multirun.yaml`` (Hydra's record of the sweep) and ``optimization_results.yaml`` (an Optuna search's best value and
+parameters, e.g. ``hparams_search=goracs_lam``). An existing non-empty ``DEST`` is refused unless ``--force`` (then it is replaced).
 Exit code 2 with one line on a user error.
 """
 
@@ -36,6 +37,8 @@ log = logging.getLogger("goracs.collect_results")
 
 RECORDS = "test_outputs.parquet"
 MAX_FILE_BYTES = 1 << 20  # the repository's limit for a committed file
+
+SWEEP_RECORDS = ("multirun.yaml", "optimization_results.yaml")  # the sweep's own files, beside its job folders
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,9 +83,10 @@ def collect(sweep_dir: Path, dest: Path, commands: Sequence[str], compression: s
             table = pq.read_table(metrics.parent / RECORDS, partitioning=None)
             pq.write_table(table, target / RECORDS, compression=compression)
             files.append(target / RECORDS)
-    if (sweep_dir / "multirun.yaml").is_file():
-        shutil.copyfile(sweep_dir / "multirun.yaml", dest / "multirun.yaml")
-        files.append(dest / "multirun.yaml")
+    for record in SWEEP_RECORDS:
+        if (sweep_dir / record).is_file():
+            shutil.copyfile(sweep_dir / record, dest / record)
+            files.append(dest / record)
     too_big = [f for f in files if f.stat().st_size > MAX_FILE_BYTES]
     if too_big:
         log.warning("%d file(s) exceed 1 MiB and must not be committed as they are, e.g. %s", len(too_big),

@@ -26,6 +26,7 @@ def hydra_sweep(root: Path) -> Path:
         (job / "adapter" / "adapter_model.safetensors").write_bytes(b"x" * 100)
         (job / "wandb").mkdir()
     (root / "multirun.yaml").write_text("hydra: {}\n")
+    (root / "optimization_results.yaml").write_text("best_value: 1.0\n")  # an Optuna search's result
     return root
 
 
@@ -37,7 +38,7 @@ def test_collect_copies_records_compressed_and_writes_a_manifest(tmp_path, capsy
     copied = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert copied == ["budget=16,seed=0,selection=random/metrics.json", f"budget=16,seed=0,selection=random/{FILENAME}",
                       "budget=16,seed=1,selection=random/metrics.json", f"budget=16,seed=1,selection=random/{FILENAME}",
-                      "manifest.json", "multirun.yaml"]
+                      "manifest.json", "multirun.yaml", "optimization_results.yaml"]
     for seed in (0, 1):
         job = f"budget=16,seed={seed},selection=random"
         assert (dest / job / "metrics.json").read_bytes() == (sweep / job / "metrics.json").read_bytes()
@@ -47,7 +48,7 @@ def test_collect_copies_records_compressed_and_writes_a_manifest(tmp_path, capsy
     assert manifest["commands"] == ["goracs-run -m experiment=x", "goracs-report y"]
     assert manifest["jobs"] == 2 and manifest["status"] == {"ok": 2} and len(manifest["git"]["sha"]) == 40
     assert {"cpu", "torch_cpu_capability", "cores", "ram_gib", "os", "python"} <= set(manifest["machine"])
-    assert manifest["machine"]["cores"] >= 1 and len(manifest["files"]) == 5
+    assert manifest["machine"]["cores"] >= 1 and len(manifest["files"]) == 6
     assert "collected 2 jobs" in capsys.readouterr().out
 
 
