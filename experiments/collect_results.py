@@ -14,7 +14,8 @@ git sha (and whether the tree was dirty), the exact ``--command`` lines (repeata
 model, ``torch.backends.cpu.get_cpu_capability()``, logical cores, RAM, OS, Python), the UTC date, the job count by
 status and every copied file with its size and SHA-256. The sweep's own records are copied when present:
 ``multirun.yaml`` (Hydra's record of the sweep) and ``optimization_results.yaml`` (an Optuna search's best value and
-parameters, e.g. ``hparams_search=goracs_lam``). An existing non-empty ``DEST`` is refused unless ``--force`` (then it is replaced).
+parameters, e.g. ``hparams_search=goracs_lam``). An existing non-empty ``DEST`` is refused unless ``--force`` (then it
+is replaced).
 Exit code 2 with one line on a user error.
 """
 
