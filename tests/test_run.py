@@ -83,10 +83,7 @@ def test_every_selection_method_runs_the_whole_pipeline(tmp_path, method):
     """Each conf/selection/*.yaml, end to end on tiny_llama (features shared through one cache per test)."""
     # A budget-free method given budget= explicitly is refused (goracs.job_check): its jobs leave the budget out.
     base = [o for o in SLICE if o != "budget=8"] if method in ("full", "none") else SLICE
-    # DEALRec's SASRec surrogate: 20 epochs, not the official 200 (the pipeline's wiring is under test here; the
-    # surrogate and the influence scores have their own tests: test_dealrec_sasrec.py, test_dealrec_influence.py)
-    extra = ["features.surrogate.epochs=20"] if method == "dealrec" else []
-    metrics, _ = _run([f"selection={method}", "task=seqrec", *extra], tmp_path, base=base)
+    metrics, _ = _run([f"selection={method}", "task=seqrec"], tmp_path, base=base)
     assert metrics["status"] == "ok" and metrics["selection"] == method
     # full ignores the budget (the whole capped pool), none selects nothing and evaluates the initial adapter
     expected = {"full": 48, "none": 0}.get(method, 8)
